@@ -167,7 +167,9 @@ class Entry:
     publication_transaction_id: str = ""
     checksum: str = ""
     metadata: Mapping[str, str] = attrs.field(
-        factory=dict, converter=_freeze_metadata, eq=attrs.cmp_using(eq=lambda a, b: dict(a) == dict(b))
+        factory=dict,
+        converter=_freeze_metadata,
+        eq=attrs.cmp_using(eq=lambda a, b: dict(a) == dict(b)),
     )
     change: ChangeType = ChangeType.PUBLISHED
 
