@@ -1,0 +1,1 @@
+"""The hub role: sessions, heartbeat answers, sync streams, push fan-out (in progress)."""
