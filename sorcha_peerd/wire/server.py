@@ -153,7 +153,14 @@ class GrpcServer:
         except (OSError, TypeError, ValueError):
             peer = "unknown"
         try:
-            async with sock, GRPCProtoSocket(self._config, sock) as grpc_socket:
+            async with (
+                sock,
+                GRPCProtoSocket(
+                    self._config,
+                    sock,
+                    receive_buffer_size=64 * 1024,  # see client.py
+                ) as grpc_socket,
+            ):
                 async with trio.open_nursery() as nursery:
                     async for stream in grpc_socket.listen():
                         nursery.start_soon(self._call, stream, peer)
