@@ -100,8 +100,15 @@ class SessionTable:
     def get(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
 
-    def connect(self, peer_id: str, address: str, port: int, last_known_version: int,
-                now: float, now_ms: int) -> Session:
+    def connect(
+        self,
+        peer_id: str,
+        address: str,
+        port: int,
+        last_known_version: int,
+        now: float,
+        now_ms: int,
+    ) -> Session:
         """A new session with an unguessable id; replaces the peer's previous one."""
         previous = self._by_peer.pop(peer_id, None)
         if previous is not None:
@@ -109,8 +116,13 @@ class SessionTable:
         elif len(self._sessions) >= self.max_peers:
             raise TooManyPeers(f"this hub already serves {self.max_peers} peers")
         session = Session(
-            session_id=secrets.token_urlsafe(24), peer_id=peer_id, address=address, port=port,
-            connected_at=now, connected_at_ms=now_ms, last_heartbeat=now,
+            session_id=secrets.token_urlsafe(24),
+            peer_id=peer_id,
+            address=address,
+            port=port,
+            connected_at=now,
+            connected_at_ms=now_ms,
+            last_heartbeat=now,
             last_sync_version=last_known_version,
         )
         self._sessions[session.session_id] = session
@@ -123,28 +135,41 @@ class SessionTable:
             del self._by_peer[session.peer_id]
         return session
 
-    def heartbeat(self, *, peer_id: str, session_id: str, last_sync_version: int,
-                  sent_ms: int, now: float, now_ms: int, head_version: int,
-                  draining: bool) -> HeartbeatAnswer:
+    def heartbeat(
+        self,
+        *,
+        peer_id: str,
+        session_id: str,
+        last_sync_version: int,
+        sent_ms: int,
+        now: float,
+        now_ms: int,
+        head_version: int,
+        draining: bool,
+    ) -> HeartbeatAnswer:
         """Record a heartbeat and decide the recommended action."""
         session = self._sessions.get(session_id)
         if session is None or session.peer_id != peer_id:
-            return HeartbeatAnswer(False, Action.RECONNECT,
-                                   "unknown session: connect again", None)
+            return HeartbeatAnswer(False, Action.RECONNECT, "unknown session: connect again", None)
         latency = max(0.0, float(now_ms - sent_ms))
         session = attrs.evolve(
-            session, last_heartbeat=now, last_heartbeat_ms=now_ms,
-            last_sync_version=last_sync_version, state=PeerState.CONNECTED,
+            session,
+            last_heartbeat=now,
+            last_heartbeat_ms=now_ms,
+            last_sync_version=last_sync_version,
+            state=PeerState.CONNECTED,
             heartbeats_received=session.heartbeats_received + 1,
             total_latency_ms=session.total_latency_ms + latency,
         )
         self._sessions[session_id] = session
         if draining:
-            return HeartbeatAnswer(True, Action.FAILOVER, "hub is draining: move to the next hub",
-                                   session)
+            return HeartbeatAnswer(
+                True, Action.FAILOVER, "hub is draining: move to the next hub", session
+            )
         if last_sync_version < head_version:
-            return HeartbeatAnswer(True, Action.SYNC,
-                                   f"behind: register is at version {head_version}", session)
+            return HeartbeatAnswer(
+                True, Action.SYNC, f"behind: register is at version {head_version}", session
+            )
         return HeartbeatAnswer(True, Action.NONE, "", session)
 
     def note_sync(self, session_id: str, version: int) -> None:

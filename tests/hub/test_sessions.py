@@ -11,11 +11,26 @@ def table(**kw: object) -> SessionTable:
     return SessionTable(heartbeat_timeout=30.0, missed_for_expiry=2, **kw)  # type: ignore[arg-type]
 
 
-def beat(t: SessionTable, sid: str, *, now: float, version: int = 5, head: int = 5,
-         draining: bool = False, peer: str = "p1") -> tuple[bool, Action]:
-    answer = t.heartbeat(peer_id=peer, session_id=sid, last_sync_version=version,
-                         sent_ms=int(now * 1000) - 3, now=now, now_ms=int(now * 1000),
-                         head_version=head, draining=draining)
+def beat(
+    t: SessionTable,
+    sid: str,
+    *,
+    now: float,
+    version: int = 5,
+    head: int = 5,
+    draining: bool = False,
+    peer: str = "p1",
+) -> tuple[bool, Action]:
+    answer = t.heartbeat(
+        peer_id=peer,
+        session_id=sid,
+        last_sync_version=version,
+        sent_ms=int(now * 1000) - 3,
+        now=now,
+        now_ms=int(now * 1000),
+        head_version=head,
+        draining=draining,
+    )
     return answer.success, answer.action
 
 
