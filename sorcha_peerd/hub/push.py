@@ -13,7 +13,7 @@ sends it, so 200 subscribers cost one encoding.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 import trio
@@ -93,6 +93,8 @@ class Subscription:
     receive: trio.MemoryReceiveChannel[bytes]
     sequence: int = 0
     cut_off: bool = False
+    #: called when the subscription is ended from outside (cut off, or the hub drains)
+    on_end: Callable[[], None] | None = None
 
     def next_message(self, prefix: bytes) -> bytes:
         """The notification for this subscriber: the prefix and its next sequence number."""
@@ -122,10 +124,15 @@ class PushFanout:
         self._subscriptions.discard(subscription)
         subscription.send.close()
 
+    def _end(self, subscription: Subscription) -> None:
+        self.unsubscribe(subscription)
+        if subscription.on_end is not None:
+            subscription.on_end()
+
     def close_all(self) -> None:
         """End every subscription stream (a draining hub)."""
         for subscription in list(self._subscriptions):
-            self.unsubscribe(subscription)
+            self._end(subscription)
 
     def publish(self, entries: Iterable[Entry]) -> None:
         """Offer each change to every matching subscriber, without waiting."""
@@ -140,6 +147,6 @@ class PushFanout:
                 except trio.WouldBlock:
                     subscription.cut_off = True
                     self.cut_offs += 1
-                    self.unsubscribe(subscription)
+                    self._end(subscription)
                 except trio.ClosedResourceError:
                     self._subscriptions.discard(subscription)

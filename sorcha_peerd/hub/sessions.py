@@ -56,6 +56,7 @@ class Session:
     last_heartbeat: float
     last_heartbeat_ms: int = 0
     last_sync_version: int = 0
+    last_sync_ms: int = 0
     state: PeerState = PeerState.CONNECTED
     heartbeats_received: int = 0
     total_latency_ms: float = 0.0
@@ -172,11 +173,15 @@ class SessionTable:
             )
         return HeartbeatAnswer(True, Action.NONE, "", session)
 
-    def note_sync(self, session_id: str, version: int) -> None:
+    def note_sync(self, session_id: str, version: int, now_ms: int) -> None:
         """A sync answered for this session brought the peer to ``version``."""
         session = self._sessions.get(session_id)
-        if session is not None and version > session.last_sync_version:
-            self._sessions[session_id] = attrs.evolve(session, last_sync_version=version)
+        if session is not None:
+            self._sessions[session_id] = attrs.evolve(
+                session,
+                last_sync_version=max(version, session.last_sync_version),
+                last_sync_ms=now_ms,
+            )
 
     def missed_heartbeats(self, session: Session, now: float) -> int:
         """Whole heartbeat timeouts passed since the session's last heartbeat."""

@@ -163,14 +163,16 @@ class Channel:
         deadline = trio.current_time() + timeout if timeout is not None else math.inf
         stream: GRPCProtoStream | None = None
         try:
-            with trio.fail_at(deadline):
+            # move_on (not fail_after): a TooSlowError of the caller's own must
+            # not pass for this call's deadline.
+            with trio.move_on_at(deadline) as scope:
                 stream = await self._start(method, timeout)
                 yield stream
-        except trio.TooSlowError:
-            raise RpcError(
-                StatusCode.DEADLINE_EXCEEDED,
-                f"{method.name} to {self.address} took longer than {timeout} s",
-            ) from None
+            if scope.cancelled_caught:
+                raise RpcError(
+                    StatusCode.DEADLINE_EXCEEDED,
+                    f"{method.name} to {self.address} took longer than {timeout} s",
+                )
         finally:
             # left before the server's trailers arrived: cancelled, timed out, or
             # the caller stopped reading. Tell the server to stop.

@@ -50,6 +50,12 @@ class BindError(OSError):
     """The configured gRPC address cannot be bound (e.g. it is in use)."""
 
 
+@attrs.define
+class _CallControl:
+    scope: trio.CancelScope | None = None
+    status: tuple[StatusCode, str] | None = None
+
+
 @attrs.frozen
 class CallContext:
     """What a handler may want to know about the call besides the request."""
@@ -57,6 +63,18 @@ class CallContext:
     peer: str
     deadline: float  # trio.current_time() by which the caller gives up; inf if none
     metadata: tuple[tuple[str, str], ...] = ()
+    _control: _CallControl = attrs.field(factory=_CallControl, repr=False, alias="control")
+
+    def abort(self, code: StatusCode, message: str) -> None:
+        """End the call with this status from anywhere (e.g. another task), at once.
+
+        Used to cut off a push subscriber whose stream is stuck because the
+        caller stopped reading: the send it is blocked in is cancelled.
+        """
+        if self._control.status is None:
+            self._control.status = (code, message)
+        if self._control.scope is not None:
+            self._control.scope.cancel()
 
 
 Handler = Callable[..., Any]
@@ -76,6 +94,27 @@ class _Encoded:
 
 def _purerpc_status(code: StatusCode, message: str) -> Status:
     return Status(PurerpcStatusCode(int(code)), status_message=message)
+
+
+def _watch_resets(grpc_socket: GRPCProtoSocket) -> dict[int, CallContext]:
+    """Calls by stream id, each aborted when the caller resets its stream.
+
+    purerpc drops HTTP/2 RST_STREAM on the floor, so a handler waiting for
+    something to send (a push subscription) would never learn that its caller
+    left. We hook the connection's reset handler to cancel that call at once.
+    """
+    calls: dict[int, CallContext] = {}
+    connection = grpc_socket._grpc_connection
+    dropped = connection._stream_reset
+
+    def on_reset(event: Any) -> Any:
+        ctx = calls.get(event.stream_id)
+        if ctx is not None:
+            ctx.abort(StatusCode.CANCELLED, "cancelled by the caller")
+        return dropped(event)
+
+    connection._stream_reset = on_reset
+    return calls
 
 
 class _StreamEnded(Exception):
@@ -161,9 +200,10 @@ class GrpcServer:
                     receive_buffer_size=64 * 1024,  # see client.py
                 ) as grpc_socket,
             ):
+                calls = _watch_resets(grpc_socket)
                 async with trio.open_nursery() as nursery:
                     async for stream in grpc_socket.listen():
-                        nursery.start_soon(self._call, stream, peer)
+                        nursery.start_soon(self._call, stream, peer, calls)
         except* (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as group:
             log.debug("gRPC connection from %s lost: %r", peer, group.exceptions[0])
         except* Exception as group:  # noqa: BLE001 - a broken peer must not take the server down
@@ -171,7 +211,9 @@ class GrpcServer:
                 "gRPC connection from %s closed on a protocol error: %r", peer, group.exceptions[0]
             )
 
-    async def _call(self, stream: GRPCProtoStream, peer: str) -> None:
+    async def _call(
+        self, stream: GRPCProtoStream, peer: str, calls: dict[int, CallContext]
+    ) -> None:
         event = await stream.receive_event()
         if not isinstance(event, RequestReceived):
             await self._finish(stream, StatusCode.INTERNAL, "expected request headers")
@@ -189,18 +231,38 @@ class GrpcServer:
         if isinstance(event.timeout, datetime.timedelta):
             deadline = trio.current_time() + event.timeout.total_seconds()
         ctx = CallContext(peer=peer, deadline=deadline, metadata=tuple(event.custom_metadata or ()))
-        code, message = StatusCode.OK, ""
+        calls[stream.stream_id] = ctx
         try:
-            await stream.start_response()
-            with trio.fail_at(deadline):
-                await self._dispatch(method, handler, stream, ctx)
-        except _StreamEnded:
-            code, message = StatusCode.INVALID_ARGUMENT, "stream ended early"
-        except h2.exceptions.StreamClosedError:
-            log.debug("%s: %s cancelled by the caller", peer, method.path)
-            return
-        except Exception as exc:  # noqa: BLE001 - every failure of a handler becomes a status, here
-            code, message = status_for_exception(exc)
+            await self._serve_call(method, handler, stream, ctx, peer)
+        finally:
+            calls.pop(stream.stream_id, None)
+
+    async def _serve_call(
+        self,
+        method: Method,
+        handler: Handler,
+        stream: GRPCProtoStream,
+        ctx: CallContext,
+        peer: str,
+    ) -> None:
+        code, message = StatusCode.OK, ""
+        with trio.CancelScope() as scope:
+            ctx._control.scope = scope
+            if ctx._control.status is not None:  # aborted before it started
+                scope.cancel()
+            try:
+                await stream.start_response()
+                with trio.fail_at(ctx.deadline):
+                    await self._dispatch(method, handler, stream, ctx)
+            except _StreamEnded:
+                code, message = StatusCode.INVALID_ARGUMENT, "stream ended early"
+            except h2.exceptions.StreamClosedError:
+                log.debug("%s: %s cancelled by the caller", peer, method.path)
+                return
+            except Exception as exc:  # noqa: BLE001 - every failure of a handler becomes a status
+                code, message = status_for_exception(exc)
+        if ctx._control.status is not None:
+            code, message = ctx._control.status
         await self._finish(stream, code, message)
 
     async def _dispatch(

@@ -91,7 +91,8 @@ def test_max_peers() -> None:
 def test_note_sync_only_moves_forward() -> None:
     t = table()
     sid = t.connect("p1", "a", 1, 7, 0.0, 0).session_id
-    t.note_sync(sid, 5)
+    t.note_sync(sid, 5, now_ms=100)
     assert t.get(sid).last_sync_version == 7  # type: ignore[union-attr]
-    t.note_sync(sid, 9)
-    assert t.get(sid).last_sync_version == 9  # type: ignore[union-attr]
+    t.note_sync(sid, 9, now_ms=200)
+    s = t.get(sid)
+    assert s is not None and s.last_sync_version == 9 and s.last_sync_ms == 200

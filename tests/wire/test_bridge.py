@@ -306,3 +306,24 @@ async def test_grpcio_client_interoperates(
     assert entries[7].blueprint_document == ENTRIES[7].document
     assert dict(entries[7].metadata) == dict(ENTRIES[7].metadata)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_an_idle_stream_learns_at_once_that_its_caller_left(nursery: trio.Nursery) -> None:
+    """purerpc drops RST_STREAM; the bridge turns it into cancelling the handler."""
+    finished = trio.Event()
+
+    async def one_then_wait(request: Any, ctx: CallContext) -> AsyncIterator[Entry]:
+        try:
+            yield ENTRIES[0]
+            await trio.sleep_forever()
+        finally:
+            finished.set()
+
+    port = await nursery.start(
+        GrpcServer("127.0.0.1", 0, {services.FULL_SYNC: one_then_wait}).serve
+    )
+    async with open_channel("127.0.0.1", port, connect_timeout=5) as ch:
+        async with ch.server_stream(services.FULL_SYNC, pb.SyncRequest(), timeout=None) as it:
+            assert (await it.__anext__()).version == 1
+        with trio.fail_after(5):
+            await finished.wait()
