@@ -4,8 +4,9 @@ A hub opens its store, refuses to serve a corrupted register, seeds the
 default blueprint, then runs in one nursery: the hub's feed and reaper, the
 gRPC server (bound to exactly the configured address) and the control socket.
 SIGTERM or SIGINT drains it: heartbeats answer FAILOVER, new connections get
-UNAVAILABLE, push streams end, and once the peers have left (or one heartbeat
-interval, capped by ``timing.shutdown_timeout``, has passed) it exits 0.
+UNAVAILABLE, push streams end, and once every connected peer has left or been
+answered FAILOVER (or one heartbeat interval, capped by
+``timing.shutdown_timeout``, has passed) it exits 0.
 
 Exit statuses: 0 after a clean stop; 1 when it cannot start (store
 unreachable, address or control socket in use); 65 (EX_DATAERR) when the
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import trio
 
@@ -79,6 +80,15 @@ async def run_hub(
     Raises :class:`StartError` when it cannot start.
     """
     settings.node.state_dir.mkdir(parents=True, exist_ok=True)
+    # From the very start, so that a SIGTERM during start-up is a clean stop
+    # (served by the drain right after) rather than Python's default death.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        await _run_hub(settings, signals, task_status)
+
+
+async def _run_hub(
+    settings: Settings, signals: AsyncIterator[int], task_status: trio.TaskStatus[int]
+) -> None:
     try:
         async with make_store(settings) as store:
             try:
@@ -93,13 +103,16 @@ async def run_hub(
                 seeded.blueprint_id,
                 seeded.version,
             )
-            await _serve_hub(settings, store, task_status)
+            await _serve_hub(settings, store, signals, task_status)
     except StoreError as exc:
         raise StartError(f"store unavailable: {exc}") from None
 
 
 async def _serve_hub(
-    settings: Settings, store: RegisterStore, task_status: trio.TaskStatus[int]
+    settings: Settings,
+    store: RegisterStore,
+    signals: AsyncIterator[int],
+    task_status: trio.TaskStatus[int],
 ) -> None:
     service = HubService(hub_config(settings), store)
     await service.prepare()
@@ -129,21 +142,20 @@ async def _serve_hub(
             service.state.head_version,
         )
         task_status.started(port)
-        await _until_signalled()
+        await _first_signal(signals)
         log.info("draining: sending peers to their next hub")
         service.drain()
         grace = min(settings.timing.heartbeat_interval, settings.timing.shutdown_timeout)
         with trio.move_on_after(grace):
-            await _until(lambda: len(service.sessions) == 0)
+            await _until(service.sessions.all_sent_away)
         nursery.cancel_scope.cancel()
     log.info("hub %s stopped", settings.node.id)
 
 
-async def _until_signalled() -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("received %s", signal.Signals(signum).name)
-            return
+async def _first_signal(signals: AsyncIterator[int]) -> None:
+    async for signum in signals:
+        log.info("received %s", signal.Signals(signum).name)
+        return
 
 
 async def _until(predicate: Callable[[], bool], interval: float = 0.05) -> None:

@@ -22,35 +22,30 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def grpcio_modules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModuleType]:
-    """The contract compiled by grpcio-tools for grpcio and protobuf: an independent implementation.
+def grpcio_contract(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[ModuleType, ModuleType]:
+    """(pb2, pb2_grpc) for grpcio, compiled from the tests' own copy of the contract.
 
-    Returns modules by short name: connection_pb2, connection_pb2_grpc, heartbeat_pb2, ...
+    ``tests/interop/contract/sorcha_peer_v1.proto`` is written independently of
+    ``proto/`` (one file, every message renamed), so whatever talks to it is a
+    client or server of another implementation. protobuf's descriptor pool is
+    global: this one copy serves every test in the process.
     """
-    out = tmp_path_factory.mktemp("grpcio_gen")
-    protos = sorted((ROOT / "proto").rglob("*.proto"))
+    contract = ROOT / "tests" / "interop" / "contract"
+    out = tmp_path_factory.mktemp("grpcio_contract")
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "grpc_tools.protoc",
-            f"-I{ROOT / 'proto'}",
-            f"--python_out={out}",
-            f"--grpc_python_out={out}",
-            *map(str, protos),
-        ],
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{contract}", f"--python_out={out}",
+         f"--grpc_python_out={out}", str(contract / "sorcha_peer_v1.proto")],
         check=True,
-    )
+    )  # fmt: skip
     sys.path.insert(0, str(out))
     try:
-        modules = {}
-        for proto in protos:
-            stem = proto.stem
-            modules[f"{stem}_pb2"] = importlib.import_module(f"sorcha.peer.v1.{stem}_pb2")
-            modules[f"{stem}_pb2_grpc"] = importlib.import_module(f"sorcha.peer.v1.{stem}_pb2_grpc")
-        return modules
+        pb2 = importlib.import_module("sorcha_peer_v1_pb2")
+        pb2_grpc = importlib.import_module("sorcha_peer_v1_pb2_grpc")
     finally:
         sys.path.remove(str(out))
+    return pb2, pb2_grpc
 
 
 def _free_port() -> int:

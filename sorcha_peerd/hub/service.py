@@ -120,9 +120,11 @@ class HubService:
             task_status.started()
 
     async def _feed(self) -> None:
-        async with aclosing(
-            self.store.watch(self._feed_cursor, page_size=self.config.page_size)
-        ) as batches:
+        # A batch is offered to every queue at once: keep batches well below
+        # the queue size, so that a burst alone never cuts off a subscriber
+        # that is reading, and let subscribers run between batches.
+        batch_size = max(1, min(self.config.page_size, self.config.push_queue_size // 2))
+        async with aclosing(self.store.watch(self._feed_cursor, page_size=batch_size)) as batches:
             async for batch in batches:
                 self._feed_cursor = batch[-1].version
                 last_publish = max(e.published_at for e in batch)
@@ -133,6 +135,7 @@ class HubService:
                 )
                 self.fanout.publish(batch)
                 await self.refresh_state()
+                await trio.lowlevel.checkpoint()
 
     async def _reap(self) -> None:
         period = max(0.05, min(self.config.heartbeat_timeout, self.config.heartbeat_interval) / 2)

@@ -60,6 +60,8 @@ class Session:
     state: PeerState = PeerState.CONNECTED
     heartbeats_received: int = 0
     total_latency_ms: float = 0.0
+    #: answered FAILOVER by a draining hub: it knows to leave
+    sent_away: bool = False
 
     @property
     def average_latency_ms(self) -> float:
@@ -162,6 +164,8 @@ class SessionTable:
             heartbeats_received=session.heartbeats_received + 1,
             total_latency_ms=session.total_latency_ms + latency,
         )
+        if draining:
+            session = attrs.evolve(session, sent_away=True)
         self._sessions[session_id] = session
         if draining:
             return HeartbeatAnswer(
@@ -172,6 +176,10 @@ class SessionTable:
                 True, Action.SYNC, f"behind: register is at version {head_version}", session
             )
         return HeartbeatAnswer(True, Action.NONE, "", session)
+
+    def all_sent_away(self) -> bool:
+        """Every remaining peer was told to fail over (or none is left): a drain is done."""
+        return all(s.sent_away for s in self._sessions.values())
 
     def note_sync(self, session_id: str, version: int, now_ms: int) -> None:
         """A sync answered for this session brought the peer to ``version``."""

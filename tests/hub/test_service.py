@@ -289,7 +289,7 @@ async def test_draining_ends_push_streams_with_unavailable(ch: Channel, hub: Run
 
 
 async def test_a_subscriber_that_does_not_read_is_cut_off(
-    store: SqliteRegisterStore, grpcio_modules: dict[str, Any]
+    store: SqliteRegisterStore, grpcio_contract: tuple[Any, Any]
 ) -> None:
     """A grpcio subscriber that never reads: its window fills, its queue fills, it is cut off.
 
@@ -298,7 +298,7 @@ async def test_a_subscriber_that_does_not_read_is_cut_off(
     """
     import grpc
 
-    sync_pb2, sync_grpc = grpcio_modules["sync_pb2"], grpcio_modules["sync_pb2_grpc"]
+    pb2, pb2_grpc = grpcio_contract
     async with (
         running_hub(store, push_queue_size=3) as hub,
         open_channel("127.0.0.1", hub.port, connect_timeout=5) as ch,
@@ -309,8 +309,8 @@ async def test_a_subscriber_that_does_not_read_is_cut_off(
             f"127.0.0.1:{hub.port}", options=[("grpc.http2.bdp_probe", 0)]
         )
         try:
-            stuck = sync_grpc.SystemRegisterSyncStub(channel).SubscribeToPushNotifications(
-                sync_pb2.SubscriptionRequest(peer_id="sleepy"), timeout=60
+            stuck = pb2_grpc.SystemRegisterSyncStub(channel).SubscribeToPushNotifications(
+                pb2.XSubscribe(peer_id="sleepy"), timeout=60
             )
             async with trio.open_nursery() as nursery:
 

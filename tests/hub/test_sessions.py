@@ -96,3 +96,17 @@ def test_note_sync_only_moves_forward() -> None:
     t.note_sync(sid, 9, now_ms=200)
     s = t.get(sid)
     assert s is not None and s.last_sync_version == 9 and s.last_sync_ms == 200
+
+
+def test_a_drain_is_done_when_every_peer_was_sent_away() -> None:
+    t = table()
+    a = t.connect("p1", "a", 1, 0, 0.0, 0).session_id
+    b = t.connect("p2", "a", 1, 0, 0.0, 0).session_id
+    assert not t.all_sent_away()
+    beat(t, a, now=1.0, draining=True)
+    assert not t.all_sent_away()
+    beat(t, b, now=1.0, peer="p2", draining=True)
+    assert t.all_sent_away()
+    t.disconnect(a)
+    t.disconnect(b)
+    assert t.all_sent_away()

@@ -176,17 +176,15 @@ async def test_client_deadline(channel: Channel) -> None:
 
 
 async def test_server_enforces_the_callers_deadline(
-    server_port: int, grpcio_modules: dict[str, ModuleType]
+    server_port: int, grpcio_contract: tuple[ModuleType, ModuleType]
 ) -> None:
     import grpc
 
     def call() -> Any:
         with grpc.insecure_channel(f"127.0.0.1:{server_port}") as ch:
-            stub = grpcio_modules["connection_pb2_grpc"].CentralNodeConnectionStub(ch)
+            stub = grpcio_contract[1].CentralNodeConnectionStub(ch)
             try:
-                stub.ConnectToCentralNode(
-                    grpcio_modules["connection_pb2"].ConnectRequest(peer_id="slow"), timeout=0.3
-                )
+                stub.ConnectToCentralNode(grpcio_contract[0].XConnect(peer_id="slow"), timeout=0.3)
             except grpc.RpcError as exc:
                 return exc.code()
             return None
@@ -279,23 +277,22 @@ async def test_killed_server_fails_open_calls_at_once() -> None:
 
 
 async def test_grpcio_client_interoperates(
-    server_port: int, grpcio_modules: dict[str, ModuleType]
+    server_port: int, grpcio_contract: tuple[ModuleType, ModuleType]
 ) -> None:
     import grpc
 
-    sync_pb2, sync_grpc = grpcio_modules["sync_pb2"], grpcio_modules["sync_pb2_grpc"]
-    conn_pb2, conn_grpc = grpcio_modules["connection_pb2"], grpcio_modules["connection_pb2_grpc"]
+    pb2, pb2_grpc = grpcio_contract
 
     def run() -> tuple[list[Any], Any]:
         with grpc.insecure_channel(f"127.0.0.1:{server_port}") as ch:
             entries = list(
-                sync_grpc.SystemRegisterSyncStub(ch).FullSync(
-                    sync_pb2.SyncRequest(max_blueprints=50), timeout=10
+                pb2_grpc.SystemRegisterSyncStub(ch).FullSync(
+                    pb2.XSync(max_blueprints=50), timeout=10
                 )
             )
             try:
-                conn_grpc.CentralNodeConnectionStub(ch).ConnectToCentralNode(
-                    conn_pb2.ConnectRequest(peer_id="bad id!"), timeout=10
+                pb2_grpc.CentralNodeConnectionStub(ch).ConnectToCentralNode(
+                    pb2.XConnect(peer_id="bad id!"), timeout=10
                 )
             except grpc.RpcError as exc:
                 return entries, exc.code()

@@ -83,8 +83,8 @@ def test_decoded_change_type_follows_activity() -> None:
     assert codec.decode_entry(codec.encode_entry(e)).change is ChangeType.DEPRECATED
 
 
-def test_protobuf_runtime_agrees(grpcio_modules: dict[str, ModuleType]) -> None:
-    sync_pb2 = grpcio_modules["sync_pb2"]
+def test_protobuf_runtime_agrees(grpcio_contract: tuple[ModuleType, ModuleType]) -> None:
+    x = grpcio_contract[0]
     e = Entry(
         "bp-1",
         2**40,
@@ -95,7 +95,7 @@ def test_protobuf_runtime_agrees(grpcio_modules: dict[str, ModuleType]) -> None:
         "txn",
         metadata={"k": "v", "é": "ü", "empty": ""},
     ).with_checksum()
-    theirs = sync_pb2.SystemRegisterEntry.FromString(codec.encode_entry(e))
+    theirs = x.XEntry.FromString(codec.encode_entry(e))
     assert theirs.blueprint_id == "bp-1" and theirs.version == 2**40
     assert theirs.register_id == SYSTEM_REGISTER_ID and theirs.is_active is False
     assert dict(theirs.metadata) == dict(e.metadata) and theirs.checksum == e.checksum
@@ -107,8 +107,10 @@ def test_protobuf_runtime_agrees(grpcio_modules: dict[str, ModuleType]) -> None:
     )
 
 
-def test_notification_prefix_plus_sequence(grpcio_modules: dict[str, ModuleType]) -> None:
-    sync_pb2 = grpcio_modules["sync_pb2"]
+def test_notification_prefix_plus_sequence(
+    grpcio_contract: tuple[ModuleType, ModuleType],
+) -> None:
+    x = grpcio_contract[0]
     e = Entry("bp-9", 12, b"{}", 99, "pub", change=ChangeType.UPDATED).with_checksum()
     prefix = codec.encode_notification_prefix(e, b"summary")
     for seq in (0, 1, 300, 2**40):
@@ -123,7 +125,7 @@ def test_notification_prefix_plus_sequence(grpcio_modules: dict[str, ModuleType]
             checksum=e.checksum,
             sequence_number=seq,
         )
-        theirs = sync_pb2.BlueprintNotification.FromString(codec.encode_notification(prefix, seq))
+        theirs = x.XNote.FromString(codec.encode_notification(prefix, seq))
         assert theirs.sequence_number == seq and theirs.type == 2
 
 
