@@ -538,6 +538,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.startswith("sorcha-peerd ")
 
 
-def test_peerctl_placeholder(capsys: pytest.CaptureFixture[str]) -> None:
-    assert peerctl.main(["--socket", "/tmp/x.sock", "status"]) == 2
-    assert "control socket not implemented yet" in capsys.readouterr().err
+def test_peerctl_unreachable_daemon(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "x.sock"
+    assert peerctl.main(["--socket", str(missing), "status"]) == 2
+    assert f"cannot reach the daemon at {missing}" in capsys.readouterr().err

@@ -96,6 +96,48 @@ def _purerpc_status(code: StatusCode, message: str) -> Status:
     return Status(PurerpcStatusCode(int(code)), status_message=message)
 
 
+#: What a connection may hold queued for the kernel before streams on it wait.
+SEND_AHEAD_BYTES = 1024 * 1024
+
+
+class _SendGauge:
+    """The socket stream purerpc writes to, wrapped to tell how much is queued.
+
+    purerpc sends as far ahead as the caller's HTTP/2 window allows, and our
+    own client (like purerpc's) advertises 64 MiB per stream: a peer that reads
+    slowly would make the hub buffer a whole sync for it. Server streams wait
+    until what is queued on their connection (h2's buffer plus the write in
+    progress) is below :data:`SEND_AHEAD_BYTES`, whatever the window.
+    """
+
+    def __init__(self, stream: anyio.abc.SocketStream, grpc_socket: GRPCProtoSocket) -> None:
+        self._stream = stream
+        self._h2 = grpc_socket._grpc_connection.h2_connection
+        self._sending = 0
+        self._written = trio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    async def send(self, data: bytes) -> None:
+        self._sending = len(data)
+        try:
+            await self._stream.send(data)
+        finally:
+            self._sending = 0
+            written, self._written = self._written, trio.Event()
+            written.set()
+
+    def queued(self) -> int:
+        return self._sending + len(self._h2._data_to_send)
+
+    async def wait_below(self, limit: int) -> None:
+        """Return once fewer than ``limit`` bytes are queued (a checkpoint in any case)."""
+        await trio.lowlevel.checkpoint()
+        while self.queued() > limit:
+            await self._written.wait()
+
+
 def _watch_resets(grpc_socket: GRPCProtoSocket) -> dict[int, CallContext]:
     """Calls by stream id, each aborted when the caller resets its stream.
 
@@ -201,9 +243,11 @@ class GrpcServer:
                 ) as grpc_socket,
             ):
                 calls = _watch_resets(grpc_socket)
+                gauge = _SendGauge(sock, grpc_socket)
+                grpc_socket._socket._stream = gauge
                 async with trio.open_nursery() as nursery:
                     async for stream in grpc_socket.listen():
-                        nursery.start_soon(self._call, stream, peer, calls)
+                        nursery.start_soon(self._call, stream, peer, calls, gauge)
         except* (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as group:
             log.debug("gRPC connection from %s lost: %r", peer, group.exceptions[0])
         except* Exception as group:  # noqa: BLE001 - a broken peer must not take the server down
@@ -212,7 +256,11 @@ class GrpcServer:
             )
 
     async def _call(
-        self, stream: GRPCProtoStream, peer: str, calls: dict[int, CallContext]
+        self,
+        stream: GRPCProtoStream,
+        peer: str,
+        calls: dict[int, CallContext],
+        gauge: _SendGauge,
     ) -> None:
         event = await stream.receive_event()
         if not isinstance(event, RequestReceived):
@@ -233,7 +281,7 @@ class GrpcServer:
         ctx = CallContext(peer=peer, deadline=deadline, metadata=tuple(event.custom_metadata or ()))
         calls[stream.stream_id] = ctx
         try:
-            await self._serve_call(method, handler, stream, ctx, peer)
+            await self._serve_call(method, handler, stream, ctx, peer, gauge)
         finally:
             calls.pop(stream.stream_id, None)
 
@@ -244,6 +292,7 @@ class GrpcServer:
         stream: GRPCProtoStream,
         ctx: CallContext,
         peer: str,
+        gauge: _SendGauge,
     ) -> None:
         code, message = StatusCode.OK, ""
         with trio.CancelScope() as scope:
@@ -253,7 +302,7 @@ class GrpcServer:
             try:
                 await stream.start_response()
                 with trio.fail_at(ctx.deadline):
-                    await self._dispatch(method, handler, stream, ctx)
+                    await self._dispatch(method, handler, stream, ctx, gauge)
             except _StreamEnded:
                 code, message = StatusCode.INVALID_ARGUMENT, "stream ended early"
             except h2.exceptions.StreamClosedError:
@@ -266,7 +315,12 @@ class GrpcServer:
         await self._finish(stream, code, message)
 
     async def _dispatch(
-        self, method: Method, handler: Handler, stream: GRPCProtoStream, ctx: CallContext
+        self,
+        method: Method,
+        handler: Handler,
+        stream: GRPCProtoStream,
+        ctx: CallContext,
+        gauge: _SendGauge,
     ) -> None:
         if method.kind is Kind.UNARY:
             request = await _single_request(stream, method)
@@ -281,7 +335,7 @@ class GrpcServer:
         try:
             async for response in responses:
                 await stream.send_message(_encode(method, response))
-                await trio.lowlevel.checkpoint()
+                await gauge.wait_below(SEND_AHEAD_BYTES)
         finally:
             aclose: Callable[[], Awaitable[None]] | None = getattr(responses, "aclose", None)
             if aclose is not None:

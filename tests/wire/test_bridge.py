@@ -324,3 +324,54 @@ async def test_an_idle_stream_learns_at_once_that_its_caller_left(nursery: trio.
             assert (await it.__anext__()).version == 1
         with trio.fail_after(5):
             await finished.wait()
+
+
+async def test_a_slow_reader_does_not_make_the_server_buffer_its_stream(
+    nursery: trio.Nursery,
+) -> None:
+    """A caller that opens a huge HTTP/2 window and then stops reading its socket.
+
+    purerpc would queue the whole stream for it (60 MB here); the bridge stops
+    once about 1 MiB waits for the kernel. The caller is a bare h2 client, so
+    nothing on its side reads the socket behind the test's back.
+    """
+    import h2.config
+    import h2.connection
+    import h2.settings
+
+    produced = 0
+    big = b'"' + b"x" * 20_000 + b'"'
+    total = 3_000
+
+    async def plenty(request: Any, ctx: CallContext) -> AsyncIterator[Entry]:
+        nonlocal produced
+        for i in range(total):
+            produced += 1
+            yield Entry(f"e{i}", i + 1, big, 1, "x").with_checksum()
+
+    port = await nursery.start(GrpcServer("127.0.0.1", 0, {services.FULL_SYNC: plenty}).serve)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.local_settings = h2.settings.Settings(
+        client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1}
+    )
+    conn.initiate_connection()
+    conn.increment_flow_control_window(2**31 - 1 - 65_535)
+    conn.send_headers(
+        1,
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "x"),
+            (":path", services.FULL_SYNC.path),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ],
+    )
+    body = bytes(pb.SyncRequest(peer_id="p"))
+    conn.send_data(1, b"\x00" + len(body).to_bytes(4, "big") + body, end_stream=True)
+    sock = await trio.open_tcp_stream("127.0.0.1", port)
+    async with sock:
+        await sock.send_all(conn.data_to_send())
+        await trio.sleep(1.5)  # never read: what did the server produce meanwhile?
+    # loopback socket buffers (a few MB) plus our 1 MiB allowance, not 60 MB
+    assert 0 < produced < total // 2, f"server ran {produced * 20} KB ahead of its reader"

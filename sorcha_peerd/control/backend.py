@@ -1,0 +1,54 @@
+"""What the control server needs from a role: the :class:`ControlBackend` protocol.
+
+The server is role-agnostic: it speaks varlink and maps exceptions to errors;
+the hub and the peer each hand it an object that answers the five questions
+below from their own state. A role that cannot do something (a peer asked to
+publish) raises :class:`NotSupported` rather than pretending.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from sorcha_peerd.register import Entry
+
+
+class NotSupported(Exception):
+    """This node's role cannot do what was asked; ``reason`` tells the operator where to go."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ControlBackend(Protocol):
+    """The role's side of the control socket.
+
+    Errors: ``register.ValidationError`` (bad argument), ``store.NotFound``,
+    :class:`NotSupported` and ``store.StoreError`` are reported to the client as
+    such; anything else becomes an opaque ``InternalError`` (and is logged).
+    """
+
+    async def status(self) -> Mapping[str, Any]:
+        """JSON-able state: at least role, node_id, status, version and blueprints."""
+        ...
+
+    async def list_blueprints(
+        self, *, include_inactive: bool, after_version: int, limit: int
+    ) -> Sequence[Entry]:
+        """At most ``limit`` entries with version > ``after_version``, in version order."""
+        ...
+
+    async def get_blueprint(self, blueprint_id: str) -> Entry | None: ...
+
+    async def publish(
+        self,
+        blueprint_id: str,
+        document: bytes,
+        *,
+        publisher: str,
+        metadata: Mapping[str, str],
+    ) -> Entry: ...
+
+    async def deprecate(self, blueprint_id: str, *, deprecated_by: str) -> Entry: ...
