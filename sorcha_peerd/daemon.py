@@ -103,7 +103,8 @@ async def _run_hub(
                 seeded.blueprint_id,
                 seeded.version,
             )
-            await _serve_hub(settings, store, signals, task_status)
+            last_publish = max(report.last_published_at, seeded.published_at)
+            await _serve_hub(settings, store, signals, last_publish, task_status)
     except StoreError as exc:
         raise StartError(f"store unavailable: {exc}") from None
 
@@ -112,10 +113,11 @@ async def _serve_hub(
     settings: Settings,
     store: RegisterStore,
     signals: AsyncIterator[int],
+    last_publish_ms: int,
     task_status: trio.TaskStatus[int],
 ) -> None:
     service = HubService(hub_config(settings), store)
-    await service.prepare()
+    await service.prepare(last_publish_ms)
     listen = settings.grpc.listen
     grpc_server = GrpcServer(listen.host, listen.port, service.handlers())
     control = ControlServer(

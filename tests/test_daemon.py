@@ -21,6 +21,7 @@ def test_seeds_once_however_often_it_restarts(tmp_path: Path) -> None:
             ]
             status = json.loads(hub.peerctl("status", "--json").stdout)
             assert status["role"] == "hub" and status["version"] == 1
+            assert status["last_publish"] == entries[0]["published_at"] > 0
 
 
 def test_sigterm_and_sigint_stop_it_cleanly(tmp_path: Path) -> None:
@@ -62,3 +63,17 @@ def test_a_corrupted_register_is_not_served(tmp_path: Path) -> None:
     hub.proc.wait(timeout=20)
     assert hub.stop() == 65
     assert "corrupted" in hub.log and "register-creation-v1" in hub.log
+
+
+def test_the_nodes_own_document_limit_applies_and_publishes_nothing(tmp_path: Path) -> None:
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({"id": "small"}))
+    large = tmp_path / "large.json"
+    large.write_text(json.dumps({"id": "large", "pad": "x" * 300}))
+    with running_daemon(tmp_path / "state", config="[limits]\nmax_document_bytes = 200\n") as hub:
+        refused = hub.peerctl("publish", str(small), str(large))
+        assert refused.returncode == 1
+        assert "large.json" in refused.stderr and "at most 200" in refused.stderr
+        listed = json.loads(hub.peerctl("blueprints", "--json", "--all").stdout)
+        assert [e["id"] for e in listed] == ["register-creation-v1"]
+        assert hub.peerctl("publish", str(small)).returncode == 0

@@ -165,6 +165,7 @@ class Upload:
     path: Path
     blueprint_id: str
     sha256: str
+    size: int
 
 
 def check_file(path: Path, explicit_id: str | None) -> Upload:
@@ -188,7 +189,9 @@ def check_file(path: Path, explicit_id: str | None) -> Upload:
     except register.ValidationError as exc:
         shown = repr(blueprint_id if len(str(blueprint_id)) <= 60 else f"{blueprint_id!s:.60}...")
         raise Refused(f"{path}: blueprint id {shown} {exc.problem}") from None
-    return Upload(path=path, blueprint_id=checked, sha256=hashlib.sha256(data).hexdigest())
+    return Upload(
+        path=path, blueprint_id=checked, sha256=hashlib.sha256(data).hexdigest(), size=len(data)
+    )
 
 
 def _read(path: Path) -> bytes:
@@ -327,6 +330,17 @@ async def cmd_publish(
     publisher: str,
     metadata: Mapping[str, str],
 ) -> int:
+    # The node may accept less than the protocol's 16 MiB: check every file
+    # against its own limit first, so that a too-large file publishes nothing.
+    status = (await client.call(f"{INTERFACE}.Status"))["status"]
+    limit = status.get("max_document_bytes")
+    if isinstance(limit, int):
+        for upload in uploads:
+            if upload.size > limit:
+                raise Refused(
+                    f"{upload.path}: the document is {upload.size} bytes, "
+                    f"this node accepts at most {limit}"
+                )
     for upload in uploads:
         data = _read(upload.path)
         if hashlib.sha256(data).hexdigest() != upload.sha256:

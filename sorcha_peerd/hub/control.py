@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 
 from sorcha_peerd.hub.service import HubService
-from sorcha_peerd.register import Entry
+from sorcha_peerd.register import Entry, validate_document
 
 
 @attrs.frozen
@@ -37,6 +37,7 @@ class HubControl:
             "subscriptions": len(self.service.fanout),
             "last_publish": st.last_publish_ms,
             "listen": self.listen,
+            "max_document_bytes": self.service.config.limits.max_document_bytes,
             "store": self.store_backend,
             "uptime_seconds": self.service.uptime(),
             "connected_peers": [
@@ -65,6 +66,7 @@ class HubControl:
     async def publish(
         self, blueprint_id: str, document: bytes, *, publisher: str, metadata: Mapping[str, str]
     ) -> Entry:
+        validate_document(document, self.service.config.limits)  # this node's own limit
         return await self.service.store.publish(
             blueprint_id, document, published_by=publisher, metadata=metadata
         )

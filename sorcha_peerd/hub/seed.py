@@ -59,6 +59,7 @@ class IntegrityError(Exception):
 class IntegrityReport:
     entries: int
     head_version: int
+    last_published_at: int = 0
 
 
 async def check_integrity(store: RegisterStore, *, page_size: int = 500) -> IntegrityReport:
@@ -70,18 +71,20 @@ async def check_integrity(store: RegisterStore, *, page_size: int = 500) -> Inte
     bad: list[tuple[str, int, str]] = []
     count = 0
     head = 0
+    last_published = 0
     async with aclosing(store.iter_since(0, page_size=page_size)) as pages:
         async for page in pages:
             for entry in page:
                 count += 1
                 head = max(head, entry.version)
+                last_published = max(last_published, entry.published_at)
                 try:
                     validate_entry(entry)
                 except ValidationError as exc:
                     bad.append((entry.blueprint_id, entry.version, str(exc)))
     if bad:
         raise IntegrityError(bad)
-    return IntegrityReport(count, head)
+    return IntegrityReport(count, head, last_published)
 
 
 async def seed_default(store: RegisterStore) -> Entry:

@@ -97,10 +97,11 @@ class HubService:
 
     # ------------------------------------------------------------------ duties
 
-    async def prepare(self) -> None:
+    async def prepare(self, last_publish_ms: int = 0) -> None:
         """Read the register's head before serving, so the first answers are right."""
         self._started = self._monotonic()
         self._feed_cursor = await self.store.head_version()
+        self.state = attrs.evolve(self.state, last_publish_ms=last_publish_ms)
         await self.refresh_state()
 
     async def refresh_state(self) -> None:
