@@ -37,6 +37,7 @@ from sorcha_peerd.control.protocol import (
     NOT_FOUND,
     NOT_SUPPORTED,
     STORE_UNAVAILABLE,
+    SYNC_FAILED,
     ControlError,
 )
 
@@ -111,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a metadata entry (repeatable)",
     )
 
+    p = commands.add_parser("sync", help="synchronise with the hub now (peer only)")
+    p.add_argument("--full", action="store_true", help="a full resynchronisation")
+
     p = commands.add_parser("deprecate", help="mark a blueprint inactive (hub only)")
     p.add_argument("id", metavar="ID")
     p.add_argument("--by", metavar="NAME", help="recorded as published_by (default $USER)")
@@ -144,6 +148,8 @@ def describe(error: ControlError) -> str:
         return str(p.get("reason"))
     if error.error == STORE_UNAVAILABLE:
         return f"the daemon's store is unavailable: {p.get('reason')}"
+    if error.error == SYNC_FAILED:
+        return f"sync failed: {p.get('reason')}"
     if error.error == INTERNAL_ERROR:
         return "the daemon failed (internal error; see its log)"
     if error.error == INVALID_PARAMETER:
@@ -366,6 +372,16 @@ async def cmd_deprecate(client: ControlClient, *, args: argparse.Namespace, by: 
     return EX_OK
 
 
+async def cmd_sync(client: ControlClient, *, full: bool) -> int:
+    result = (await client.call(f"{INTERFACE}.Sync", {"full": full}))["result"]
+    kind = "full" if full else "incremental"
+    print(
+        f"{kind} sync done: version {result.get('version')}, "
+        f"{result.get('applied', 0)} entries applied"
+    )
+    return EX_OK
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -387,6 +403,8 @@ def prepare(args: argparse.Namespace, env: Mapping[str, str]) -> Command:
             metadata=parse_metadata(args.meta),
             publisher=_check_name("--publisher", args.publisher or _default_user(env)),
         )
+    if args.command == "sync":
+        return partial(cmd_sync, full=args.full)
     if args.command == "deprecate":
         by = _check_name("--by", args.by or _default_user(env))
         return partial(cmd_deprecate, args=args, by=by)

@@ -8,7 +8,7 @@ Start it from a role's nursery::
 where ``backend`` implements :class:`ControlBackend`. See docs/control.md.
 """
 
-from sorcha_peerd.control.backend import ControlBackend, NotSupported
+from sorcha_peerd.control.backend import ControlBackend, NotSupported, SyncFailed
 from sorcha_peerd.control.client import ControlClient, DaemonUnreachable
 from sorcha_peerd.control.interface import IDL, ControlService, ServiceInfo, blueprint_json
 from sorcha_peerd.control.protocol import INTERFACE, ControlError
@@ -27,5 +27,6 @@ __all__ = [
     "DaemonUnreachable",
     "NotSupported",
     "ServiceInfo",
+    "SyncFailed",
     "blueprint_json",
 ]

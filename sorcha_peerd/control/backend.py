@@ -22,6 +22,14 @@ class NotSupported(Exception):
         self.reason = reason
 
 
+class SyncFailed(Exception):
+    """A sync asked for on the control socket could not be done (no hub, hub refused...)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class ControlBackend(Protocol):
     """The role's side of the control socket.
 
@@ -52,3 +60,7 @@ class ControlBackend(Protocol):
     ) -> Entry: ...
 
     async def deprecate(self, blueprint_id: str, *, deprecated_by: str) -> Entry: ...
+
+    async def sync(self, *, full: bool) -> Mapping[str, Any]:
+        """Synchronise with the hub now and report how it went (a peer; a hub is the source)."""
+        ...

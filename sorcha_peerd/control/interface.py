@@ -5,8 +5,8 @@ generic varlink clients (``varlinkctl``, python ``varlink``) parse it to learn
 the methods, so it must stay in step with :class:`ControlService` (a test
 checks every method of one is in the other).
 
-Adding a method later (``Sync(full: bool)``, ``Reload()``, ``Metrics()`` are
-foreseen) means: its line in the IDL, one handler, one entry in the table.
+Adding a method later (``Reload()``, ``Metrics()`` are foreseen) means: its
+line in the IDL, one handler, one entry in the table.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from sorcha_peerd import __version__
-from sorcha_peerd.control.backend import ControlBackend, NotSupported
+from sorcha_peerd.control.backend import ControlBackend, NotSupported, SyncFailed
 from sorcha_peerd.control.protocol import (
     INTERFACE,
     INTERFACE_NOT_FOUND,
@@ -31,6 +31,7 @@ from sorcha_peerd.control.protocol import (
     NOT_SUPPORTED,
     SERVICE_INTERFACE,
     STORE_UNAVAILABLE,
+    SYNC_FAILED,
     ControlError,
     Params,
     Request,
@@ -91,6 +92,11 @@ method Publish(
 # Mark a blueprint inactive at a new version (hub only).
 method Deprecate(id: string, deprecated_by: ?string) -> (blueprint: Blueprint)
 
+# Synchronise with the hub now (peer only), incrementally or in full, and
+# return once done: at least the replica's version and how many entries
+# were applied.
+method Sync(full: ?bool) -> (result: object)
+
 # No blueprint has this id.
 error NotFound (id: string)
 
@@ -102,6 +108,9 @@ error NotSupported (reason: string)
 
 # The register store failed or is unreachable.
 error StoreUnavailable (reason: string)
+
+# A sync could not be done (no hub reachable, the hub refused...).
+error SyncFailed (reason: string)
 
 # An unexpected failure; details are in the daemon's log.
 error InternalError ()
@@ -215,6 +224,7 @@ class ControlService:
             f"{INTERFACE}.GetBlueprint": self._get,
             f"{INTERFACE}.Publish": self._publish,
             f"{INTERFACE}.Deprecate": self._deprecate,
+            f"{INTERFACE}.Sync": self._sync,
         }
 
     @property
@@ -240,6 +250,8 @@ class ControlService:
             raise ControlError(NOT_FOUND, {"id": exc.blueprint_id}) from exc
         except NotSupported as exc:
             raise ControlError(NOT_SUPPORTED, {"reason": exc.reason}) from exc
+        except SyncFailed as exc:
+            raise ControlError(SYNC_FAILED, {"reason": exc.reason}) from exc
         except StoreError as exc:
             raise ControlError(STORE_UNAVAILABLE, {"reason": str(exc)}) from exc
         except Exception as exc:
@@ -327,3 +339,9 @@ class ControlService:
         entry = await self._backend.deprecate(blueprint_id, deprecated_by=by)
         log.info("control: %r deprecated %s at version %d", by, entry.blueprint_id, entry.version)
         return {"blueprint": blueprint_json(entry)}
+
+    async def _sync(self, p: Params, caller: Caller) -> dict[str, Any]:
+        full = p.optional_bool("full", False)
+        p.finish()
+        log.info("control: a %s sync was asked for", "full" if full else "incremental")
+        return {"result": dict(await self._backend.sync(full=full))}

@@ -33,6 +33,7 @@ NOT_FOUND: Final = f"{INTERFACE}.NotFound"
 INVALID_ARGUMENT: Final = f"{INTERFACE}.InvalidArgument"
 NOT_SUPPORTED: Final = f"{INTERFACE}.NotSupported"
 STORE_UNAVAILABLE: Final = f"{INTERFACE}.StoreUnavailable"
+SYNC_FAILED: Final = f"{INTERFACE}.SyncFailed"
 INTERNAL_ERROR: Final = f"{INTERFACE}.InternalError"
 INVALID_REQUEST: Final = f"{INTERFACE}.InvalidRequest"
 

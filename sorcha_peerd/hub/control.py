@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from sorcha_peerd.control.backend import NotSupported
 from sorcha_peerd.hub.service import HubService
 from sorcha_peerd.register import Entry, validate_document
 
@@ -73,3 +74,6 @@ class HubControl:
 
     async def deprecate(self, blueprint_id: str, *, deprecated_by: str) -> Entry:
         return await self.service.store.deprecate(blueprint_id, deprecated_by=deprecated_by)
+
+    async def sync(self, *, full: bool) -> Mapping[str, Any]:
+        raise NotSupported("this node is a hub: it is the source of the register, not a replica")

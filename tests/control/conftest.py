@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import trio
 
-from sorcha_peerd.control import ControlServer, NotSupported
+from sorcha_peerd.control import ControlServer, NotSupported, SyncFailed
 from sorcha_peerd.register import Entry
 from sorcha_peerd.store.sqlite import SqliteRegisterStore
 
@@ -61,6 +61,13 @@ class StoreBackend:
         if self.role != "hub":
             raise NotSupported("this node is a peer; deprecate on a hub")
         return await self.store.deprecate(blueprint_id, deprecated_by=deprecated_by)
+
+    async def sync(self, *, full: bool) -> Mapping[str, Any]:
+        if self.role == "hub":
+            raise NotSupported("this node is a hub")
+        if self.node_id == "isolated":
+            raise SyncFailed("no hub reachable")
+        return {"version": await self.store.head_version(), "applied": 0, "full": full}
 
 
 @pytest.fixture

@@ -248,3 +248,23 @@ async def test_deprecate(sock: str, store: SqliteRegisterStore) -> None:
 async def test_usage_error_is_not_exit_2(sock: str) -> None:
     result = await peerctl("--socket", sock, "frobnicate")
     assert result.returncode == 1
+
+
+async def test_sync_command(
+    nursery: trio.Nursery, sock_dir: Path, store: SqliteRegisterStore
+) -> None:
+    for node_id, code, out in (("p1", 0, "full sync done: version 0"), ("isolated", 1, "")):
+        backend = StoreBackend(store, role="peer", node_id=node_id)
+        srv = ControlServer(sock_dir / f"{node_id}.sock", backend)
+        await nursery.start(srv.serve)
+        result = await peerctl("--socket", srv.socket_path, "sync", "--full")
+        assert result.returncode == code, result.stderr
+        assert result.stdout.decode().startswith(out)
+        if code:
+            assert "no hub reachable" in result.stderr.decode()
+
+
+async def test_sync_on_a_hub_is_refused(sock: str) -> None:
+    refused = await peerctl("--socket", sock, "sync")
+    assert refused.returncode == 1
+    assert "hub" in refused.stderr.decode()

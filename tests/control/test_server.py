@@ -238,6 +238,7 @@ def test_idl_parses_and_matches_the_implemented_methods() -> None:
         "NotFound",
         "InvalidArgument",
         "NotSupported",
+        "SyncFailed",
         "StoreUnavailable",
         "InternalError",
         "InvalidRequest",
