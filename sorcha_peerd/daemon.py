@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import trio
 
@@ -26,8 +26,14 @@ from sorcha_peerd.control import ControlServer, ControlSocketError, ServiceInfo
 from sorcha_peerd.hub.control import HubControl
 from sorcha_peerd.hub.seed import IntegrityError, check_integrity, seed_default
 from sorcha_peerd.hub.service import HubConfig, HubService
+from sorcha_peerd.peer.control import PeerControl
+from sorcha_peerd.peer.link import HubEndpoint
+from sorcha_peerd.peer.node import Peer, dialable_hubs
+from sorcha_peerd.peer.replica import Replica, ReplicaView
+from sorcha_peerd.peer.session import PeerTiming
 from sorcha_peerd.store import StoreError, open_store
 from sorcha_peerd.store.base import RegisterStore
+from sorcha_peerd.store.sqlite import SqliteRegisterStore
 from sorcha_peerd.wire.server import BindError, GrpcServer
 
 log = logging.getLogger(__name__)
@@ -171,14 +177,95 @@ def _version() -> str:
     return __version__
 
 
+def peer_timing(settings: Settings) -> PeerTiming:
+    t = settings.timing
+    return PeerTiming(
+        heartbeat_interval=t.heartbeat_interval,
+        heartbeat_timeout=t.heartbeat_timeout,
+        missed_for_failover=t.missed_heartbeats_for_failover,
+        sync_interval=t.sync_interval,
+        call_timeout=t.call_timeout,
+        page_size=settings.limits.max_page_size,
+    )
+
+
+async def run_peer(
+    settings: Settings, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Keep and serve a replica until cancelled or signalled. Raises :class:`StartError`."""
+    settings.node.state_dir.mkdir(parents=True, exist_ok=True)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        if settings.store.backend != "sqlite":
+            log.warning(
+                "a peer keeps its replica in the embedded store; store.backend "
+                "%r applies to hubs only",
+                settings.store.backend,
+            )
+        hubs = dialable_hubs(settings)
+        if not hubs:
+            raise StartError("a peer needs at least one hub to dial: add [[hubs]] entries")
+        try:
+            async with SqliteRegisterStore(
+                settings.store.sqlite_path, poll_interval=settings.store.poll_interval
+            ) as store:
+                replica = Replica(store, page_size=settings.limits.max_page_size)
+                view = await replica.load()
+                await _serve_peer(settings, hubs, replica, view, signals, task_status)
+        except StoreError as exc:
+            raise StartError(f"replica store unavailable: {exc}") from None
+
+
+async def _serve_peer(
+    settings: Settings,
+    hubs: Sequence[HubEndpoint],
+    replica: Replica,
+    view: ReplicaView,
+    signals: AsyncIterator[int],
+    task_status: trio.TaskStatus[None],
+) -> None:
+    t = settings.timing
+    peer = Peer(
+        settings.node.id,
+        hubs,
+        replica,
+        peer_timing(settings),
+        t.connect_timeout,
+        settings.limits.register_limits(),
+        backoff_initial=t.backoff_initial,
+        backoff_max=t.backoff_max,
+    )
+    control = ControlServer(
+        settings.control.socket,
+        PeerControl(peer),
+        info=ServiceInfo(product="sorcha-peerd", version=_version()),
+    )
+    async with trio.open_nursery() as nursery:
+        try:
+            await nursery.start(control.serve)
+        except ControlSocketError as exc:
+            raise StartError(str(exc)) from None
+        await nursery.start(peer.run)
+        log.info(
+            "peer %s serving its replica (version %d, %d blueprints); hubs: %s",
+            settings.node.id,
+            view.checkpoint.version,
+            view.snapshot.active_count,
+            ", ".join(f"{h.id}={h.host}:{h.port}" for h in hubs),
+        )
+        task_status.started()
+        await _first_signal(signals)
+        log.info("stopping: telling the hub")
+        await peer.shutdown()
+        nursery.cancel_scope.cancel()
+    log.info("peer %s stopped", settings.node.id)
+
+
 def run_daemon(settings: Settings) -> int:
     """Run the role the settings name; returns the exit status."""
-    if settings.node.effective_role != "hub":
-        log.error("the peer role is not implemented yet")
-        return EX_START_FAILED
+    role = run_hub if settings.node.effective_role == "hub" else run_peer
     failure: StartError | None = None
     try:
-        trio.run(run_hub, settings)
+        trio.run(role, settings)
     except* StartError as group:  # raised in the role's nursery, so it arrives grouped
         failure = _first(group)
     if failure is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import attrs
 
-_SERVING = re.compile(r"serving the system register on [^ ]+:(\d+)")
+_SERVING = re.compile(r"serving the system register on [^ ]+:(\d+)|peer \S+ serving its replica")
 
 
 @attrs.define
@@ -62,8 +62,11 @@ def start_daemon(
     config: str | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 20,
+    role: str = "hub",
+    node_id: str = "n0",
 ) -> Daemon:
-    """Start a hub on a free loopback port; with ``wait``, return once it serves.
+    """Start a daemon (a hub on a free loopback port by default); with ``wait``, return once it
+    serves.
 
     ``config`` is TOML text for a ``--config`` file (flags still win over it).
     """
@@ -80,9 +83,9 @@ def start_daemon(
         "-m",
         "sorcha_peerd.cli.daemon",
         "--role",
-        "hub",
+        role,
         "--node-id",
-        "n0",
+        node_id,
         "--listen",
         "127.0.0.1:0",
         "--state-dir",
@@ -110,7 +113,7 @@ def start_daemon(
         daemon.output.append(line)
         match = _SERVING.search(line)
         if match:
-            daemon.port = int(match.group(1))
+            daemon.port = int(match.group(1) or 0)
             # keep reading its output, or a full pipe would block its logging
             daemon.reader = threading.Thread(target=_drain, args=(daemon,), daemon=True)
             daemon.reader.start()
@@ -126,8 +129,10 @@ def _drain(daemon: Daemon) -> None:
 
 
 @contextmanager
-def running_daemon(state_dir: Path, *args: str, config: str | None = None) -> Iterator[Daemon]:
-    daemon = start_daemon(state_dir, *args, config=config)
+def running_daemon(
+    state_dir: Path, *args: str, config: str | None = None, role: str = "hub", node_id: str = "n0"
+) -> Iterator[Daemon]:
+    daemon = start_daemon(state_dir, *args, config=config, role=role, node_id=node_id)
     try:
         yield daemon
     finally:

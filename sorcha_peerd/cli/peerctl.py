@@ -258,9 +258,21 @@ async def cmd_status(client: ControlClient, *, args: argparse.Namespace) -> int:
     return status_exit_code(status)
 
 
+EX_DEGRADED = 1
+
+
 def status_exit_code(status: Mapping[str, Any]) -> int:
-    """What ``status`` exits with once the daemon answered (a health verdict may refine it)."""
-    return EX_OK
+    """0 when the node is healthy, 1 when it answers but is degraded (2 is "unreachable").
+
+    A peer is healthy when connected and in sync with its hub; isolated,
+    connecting or behind is degraded. A hub is healthy while serving; a
+    draining one is degraded.
+    """
+    if status.get("role") == "peer":
+        healthy = status.get("status") == "connected" and status.get("in_sync") is True
+    else:
+        healthy = status.get("status") in ("serving", "ok")
+    return EX_OK if healthy else EX_DEGRADED
 
 
 def _status_lines(value: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -271,6 +283,9 @@ def _status_lines(value: Mapping[str, Any], prefix: str = "") -> list[str]:
         item = value[key]
         if isinstance(item, Mapping):
             lines.extend(_status_lines(item, f"{prefix}{key}."))
+        elif isinstance(item, list) and item and all(isinstance(i, Mapping) for i in item):
+            for index, element in enumerate(item):
+                lines.extend(_status_lines(element, f"{prefix}{key}[{index}]."))
         elif isinstance(item, str):
             lines.append(f"{prefix}{key}: {item}")
         else:
@@ -376,8 +391,7 @@ async def cmd_sync(client: ControlClient, *, full: bool) -> int:
     result = (await client.call(f"{INTERFACE}.Sync", {"full": full}))["result"]
     kind = "full" if full else "incremental"
     print(
-        f"{kind} sync done: version {result.get('version')}, "
-        f"{result.get('applied', 0)} entries applied"
+        f"{kind} sync done: version {result.get('version')} (was {result.get('previous_version')})"
     )
     return EX_OK
 

@@ -269,6 +269,33 @@ class RegisterStore(abc.ABC):
     async def apply_replica(self, entries: Sequence[Entry], meta: Mapping[str, str]) -> None:
         """Write hub entries as given (newer version wins per id) and meta, in one transaction."""
 
+    # -- full-sync staging (a peer's replica; see docs/stores.md)
+    #
+    # A full sync replaces the whole replica, but arrives as a stream of pages
+    # too large for one transaction. Pages go to a staging area that readers
+    # never see; one transaction then swaps it in with the checkpoint. A crash
+    # before that leaves the old replica and its checkpoint untouched.
+
+    async def stage_begin(self) -> None:
+        """Start a staging area, discarding any left over (e.g. by a crash)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot hold a replica")
+
+    async def stage_entries(self, entries: Sequence[Entry]) -> None:
+        """Add hub entries to the staging area (newer version wins per id), one transaction."""
+        raise NotImplementedError(f"{type(self).__name__} cannot hold a replica")
+
+    async def stage_commit(self, meta: Mapping[str, str]) -> None:
+        """In ONE transaction: entries := the staged ones, write meta, end the staging.
+
+        The version counter becomes the highest staged version (0 if none).
+        Raises StoreError when no staging was begun.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot hold a replica")
+
+    async def stage_abort(self) -> None:
+        """Discard the staging area, if any; the replica is untouched."""
+        raise NotImplementedError(f"{type(self).__name__} cannot hold a replica")
+
     # -- reads
 
     @abc.abstractmethod

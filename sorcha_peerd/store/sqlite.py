@@ -74,6 +74,44 @@ WHERE excluded.version > entries.version
 """
 
 
+_STAGING = "replica_staging"
+
+# Same shape as ``entries``, so a commit is one INSERT ... SELECT.
+_STAGING_SCHEMA = f"""
+CREATE TABLE {_STAGING} (
+    blueprint_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL UNIQUE,
+    document BLOB NOT NULL,
+    published_at INTEGER NOT NULL,
+    published_by TEXT NOT NULL,
+    is_active INTEGER NOT NULL,
+    publication_transaction_id TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    change INTEGER NOT NULL
+)
+"""
+
+_STAGING_UPSERT = f"""
+INSERT INTO {_STAGING} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (blueprint_id) DO UPDATE SET
+    version = excluded.version, document = excluded.document,
+    published_at = excluded.published_at, published_by = excluded.published_by,
+    is_active = excluded.is_active,
+    publication_transaction_id = excluded.publication_transaction_id,
+    checksum = excluded.checksum, metadata = excluded.metadata, change = excluded.change
+WHERE excluded.version > {_STAGING}.version
+"""
+
+
+def _require_staging(conn: sqlite3.Connection) -> None:
+    found = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (_STAGING,)
+    ).fetchone()
+    if found is None:
+        raise StoreError("no full-sync staging in progress: call stage_begin first")
+
+
 def _row(entry: Entry) -> tuple[Any, ...]:
     return (
         entry.blueprint_id,
@@ -242,6 +280,61 @@ class SqliteRegisterStore(RegisterStore):
         await self._run(txn)
         if rows:
             self._notify_local_commit()
+
+    # -- full-sync staging (a peer's replica)
+    #
+    # The staging table exists only while a full sync is being staged (or was
+    # left by a crash): stage_begin drops and recreates it, stage_commit and
+    # stage_abort drop it. Readers only ever read ``entries``.
+
+    async def stage_begin(self) -> None:
+        def txn(conn: sqlite3.Connection) -> None:
+            with self._write_txn(conn):
+                conn.execute(f"DROP TABLE IF EXISTS {_STAGING}")
+                conn.execute(_STAGING_SCHEMA)
+
+        await self._run(txn)
+
+    async def stage_entries(self, entries: Sequence[Entry]) -> None:
+        for e in entries:
+            register.validate_entry(e)
+        rows = [_row(e) for e in entries]
+
+        def txn(conn: sqlite3.Connection) -> None:
+            with self._write_txn(conn):
+                _require_staging(conn)
+                conn.executemany(_STAGING_UPSERT, rows)
+
+        await self._run(txn)
+
+    async def stage_commit(self, meta: Mapping[str, str]) -> None:
+        items = [(str(k), str(v)) for k, v in meta.items()]
+
+        def txn(conn: sqlite3.Connection) -> None:
+            with self._write_txn(conn):
+                _require_staging(conn)
+                conn.execute("DELETE FROM entries")
+                conn.execute(f"INSERT INTO entries ({_COLUMNS}) SELECT {_COLUMNS} FROM {_STAGING}")
+                conn.executemany(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    items,
+                )
+                conn.execute(
+                    "UPDATE counter SET version ="
+                    " (SELECT coalesce(max(version), 0) FROM entries) WHERE id = 1"
+                )
+                conn.execute(f"DROP TABLE {_STAGING}")
+
+        await self._run(txn)
+        self._notify_local_commit()
+
+    async def stage_abort(self) -> None:
+        def txn(conn: sqlite3.Connection) -> None:
+            with self._write_txn(conn):
+                conn.execute(f"DROP TABLE IF EXISTS {_STAGING}")
+
+        await self._run(txn)
 
     # -- reads
 

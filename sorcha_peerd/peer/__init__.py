@@ -1,0 +1,1 @@
+"""The peer role: link state machine, heartbeat, replication, push subscriber (in progress)."""
