@@ -21,6 +21,7 @@ import math
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -46,6 +47,7 @@ __all__ = [
     "NodeSettings",
     "Settings",
     "StoreSettings",
+    "TelemetrySettings",
     "TimingSettings",
     "find_config_file",
     "load_settings",
@@ -58,6 +60,7 @@ Role = Literal["hub", "peer"]
 RoleSetting = Literal["hub", "peer", "auto"]
 StoreBackend = Literal["sqlite", "mongodb"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+TelemetryExporter = Literal["none", "otlp"]
 
 #: sysexits.h EX_CONFIG: what the daemon exits with on any configuration problem.
 EX_CONFIG: Final = 78
@@ -263,6 +266,18 @@ class LogSettings:
 
 
 @attrs.frozen
+class TelemetrySettings:
+    """OpenTelemetry export; metrics are readable through the control socket whatever it is."""
+
+    #: "none": nothing leaves the process; "otlp": OTLP/HTTP (needs sorcha-peerd[otlp]).
+    exporter: TelemetryExporter = "none"
+    #: The collector's base URL (``/v1/metrics`` and ``/v1/traces`` are appended);
+    #: None: the exporter's default and ``OTEL_EXPORTER_OTLP_*`` variables.
+    endpoint: str | None = None
+    service_name: str = "sorcha-peerd"
+
+
+@attrs.frozen
 class HubSettings:
     """One hub a peer may connect to; list order is connection priority."""
 
@@ -290,6 +305,7 @@ class Settings:
     source: Path | None
     #: The flag overrides applied on top of the file (dotted key -> raw text), for reload.
     overrides: Mapping[str, str] = attrs.field(factory=dict, converter=_freeze_overrides)
+    telemetry: TelemetrySettings = attrs.field(factory=TelemetrySettings)
 
     def summary(self) -> str:
         """A one-line description for --check-config and the startup log."""
@@ -409,6 +425,18 @@ def _peer_id(value: object) -> str:
         raise _Bad(exc.problem) from None
 
 
+def _http_url(value: object) -> str:
+    text = _string(value)
+    try:
+        parts = urllib.parse.urlsplit(text)
+        _ = parts.port  # raises ValueError on a bad port
+    except ValueError as exc:
+        raise _Bad(f"not a valid URL ({exc}): {text!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Bad(f"must be an http:// or https:// URL with a host, got {text!r}")
+    return text
+
+
 def _mongodb_uri(value: object) -> str:
     text = _string(value)
     if not text.startswith(("mongodb://", "mongodb+srv://")):
@@ -489,7 +517,7 @@ def _first_env_dir(env: Mapping[str, str], name: str) -> str | None:
     return first or None
 
 
-_SECTIONS: Final = ("node", "grpc", "control", "store", "timing", "limits", "log")
+_SECTIONS: Final = ("node", "grpc", "control", "store", "timing", "limits", "log", "telemetry")
 
 
 def parse_settings(
@@ -651,6 +679,21 @@ def parse_settings(
     )
     r.finish()
 
+    # [telemetry]
+    r = reader("telemetry")
+    telemetry = TelemetrySettings(
+        exporter=cast(TelemetryExporter, r.get("exporter", "none", _choice("none", "otlp"))),
+        endpoint=r.get("endpoint", None, _http_url),
+        service_name=r.get("service_name", "sorcha-peerd", _string),
+    )
+    r.finish()
+    if telemetry.endpoint is not None and telemetry.exporter == "none" and not r.failed:
+        r.problem(
+            "endpoint",
+            'is set but telemetry.exporter is "none", so nothing would be sent there; '
+            'set exporter = "otlp" or remove endpoint',
+        )
+
     hubs = _parse_hubs(data.get("hubs", []), problems)
 
     if problems:
@@ -666,6 +709,7 @@ def parse_settings(
         hubs=hubs,
         source=source,
         overrides=overrides,
+        telemetry=telemetry,
     )
 
 

@@ -2,11 +2,17 @@
 
 A hub opens its store, refuses to serve a corrupted register, seeds the
 default blueprint, then runs in one nursery: the hub's feed and reaper, the
-gRPC server (bound to exactly the configured address) and the control socket.
-SIGTERM or SIGINT drains it: heartbeats answer FAILOVER, new connections get
-UNAVAILABLE, push streams end, and once every connected peer has left or been
-answered FAILOVER (or one heartbeat interval, capped by
-``timing.shutdown_timeout``, has passed) it exits 0.
+gRPC server (bound to exactly the configured address), the control socket and
+the read-only status socket. A peer loads its replica and runs the replica's
+owner, its connection loop and the same two sockets.
+
+Only once the listeners are bound does the daemon tell systemd READY=1; it
+keeps STATUS= current, pings the watchdog, and reloads on SIGHUP
+(:mod:`sorcha_peerd.runtime`). SIGTERM or SIGINT stops it: a hub drains —
+heartbeats answer FAILOVER, new connections get UNAVAILABLE, push streams
+end, and once every connected peer has left or been answered FAILOVER (or one
+heartbeat interval, capped by ``timing.shutdown_timeout``, has passed) it
+exits 0; a peer tells its hub it is shutting down and exits 0.
 
 Exit statuses: 0 after a clean stop; 1 when it cannot start (store
 unreachable, address or control socket in use); 65 (EX_DATAERR) when the
@@ -16,13 +22,11 @@ register fails its integrity check; 78 is the CLI's for configuration errors.
 from __future__ import annotations
 
 import logging
-import signal
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 import trio
 
 from sorcha_peerd.config import Settings
-from sorcha_peerd.control import ControlServer, ControlSocketError, ServiceInfo
 from sorcha_peerd.hub.control import HubControl
 from sorcha_peerd.hub.seed import IntegrityError, check_integrity, seed_default
 from sorcha_peerd.hub.service import HubConfig, HubService
@@ -31,6 +35,7 @@ from sorcha_peerd.peer.link import HubEndpoint
 from sorcha_peerd.peer.node import Peer, dialable_hubs
 from sorcha_peerd.peer.replica import Replica, ReplicaView
 from sorcha_peerd.peer.session import PeerTiming
+from sorcha_peerd.runtime import DaemonContext, Runtime, StartError, open_signals
 from sorcha_peerd.store import StoreError, open_store
 from sorcha_peerd.store.base import RegisterStore
 from sorcha_peerd.store.sqlite import SqliteRegisterStore
@@ -41,14 +46,6 @@ log = logging.getLogger(__name__)
 EX_OK = 0
 EX_START_FAILED = 1
 EX_DATAERR = 65
-
-
-class StartError(Exception):
-    """The daemon cannot start; the message says why, the code is the exit status."""
-
-    def __init__(self, message: str, code: int = EX_START_FAILED) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def hub_config(settings: Settings) -> HubConfig:
@@ -79,67 +76,77 @@ def make_store(settings: Settings) -> RegisterStore:
 
 
 async def run_hub(
-    settings: Settings, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    settings: Settings,
+    context: DaemonContext | None = None,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve as a hub until cancelled or signalled; ``task_status`` gets the gRPC port.
 
     Raises :class:`StartError` when it cannot start.
     """
+    runtime = Runtime(settings, context or DaemonContext())
     settings.node.state_dir.mkdir(parents=True, exist_ok=True)
     # From the very start, so that a SIGTERM during start-up is a clean stop
     # (served by the drain right after) rather than Python's default death.
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        await _run_hub(settings, signals, task_status)
-
-
-async def _run_hub(
-    settings: Settings, signals: AsyncIterator[int], task_status: trio.TaskStatus[int]
-) -> None:
-    try:
-        async with make_store(settings) as store:
-            try:
-                report = await check_integrity(store, page_size=settings.limits.max_page_size)
-            except IntegrityError as exc:
-                raise StartError(f"refusing to serve: {exc}", EX_DATAERR) from None
-            seeded = await seed_default(store)
-            log.info(
-                "integrity check passed: %d entries up to version %d; %s is at version %d",
-                report.entries,
-                max(report.head_version, seeded.version),
-                seeded.blueprint_id,
-                seeded.version,
-            )
-            last_publish = max(report.last_published_at, seeded.published_at)
-            await _serve_hub(settings, store, signals, last_publish, task_status)
-    except StoreError as exc:
-        raise StartError(f"store unavailable: {exc}") from None
+    with open_signals() as signals:
+        try:
+            async with make_store(settings) as store:
+                try:
+                    report = await check_integrity(store, page_size=settings.limits.max_page_size)
+                except IntegrityError as exc:
+                    raise StartError(f"refusing to serve: {exc}", EX_DATAERR) from None
+                seeded = await seed_default(store)
+                log.info(
+                    "integrity check passed: %d entries up to version %d; %s is at version %d",
+                    report.entries,
+                    max(report.head_version, seeded.version),
+                    seeded.blueprint_id,
+                    seeded.version,
+                )
+                last_publish = max(report.last_published_at, seeded.published_at)
+                await _serve_hub(runtime, store, signals, last_publish, task_status)
+        except StoreError as exc:
+            raise StartError(f"store unavailable: {exc}") from None
 
 
 async def _serve_hub(
-    settings: Settings,
+    runtime: Runtime,
     store: RegisterStore,
     signals: AsyncIterator[int],
     last_publish_ms: int,
     task_status: trio.TaskStatus[int],
 ) -> None:
-    service = HubService(hub_config(settings), store)
+    settings = runtime.settings
+    service = HubService(hub_config(settings), store, telemetry=runtime.telemetry)
     await service.prepare(last_publish_ms)
     listen = settings.grpc.listen
     grpc_server = GrpcServer(listen.host, listen.port, service.handlers())
-    control = ControlServer(
-        settings.control.socket,
-        HubControl(service, str(listen), settings.store.backend),
-        info=ServiceInfo(product="sorcha-peerd", version=_version()),
+    backend = HubControl(
+        service,
+        str(listen),
+        settings.store.backend,
+        runtime.reload,
+        runtime.telemetry.metrics_snapshot,
+    )
+
+    def apply(new: Settings, keys: Iterable[str]) -> None:
+        service.reconfigure(hub_config(new))
+
+    runtime.on_reload(apply)
+    runtime.status_from(
+        lambda: (
+            f"hub {settings.node.id}: {'draining' if service.draining else 'serving'}, "
+            f"version {service.state.head_version}, {service.state.active_blueprints} "
+            f"blueprints, {len(service.sessions)} peers"
+        )
     )
     async with trio.open_nursery() as nursery:
         try:
             port = await nursery.start(grpc_server.serve)
         except BindError as exc:
             raise StartError(str(exc)) from None
-        try:
-            await nursery.start(control.serve)
-        except ControlSocketError as exc:
-            raise StartError(str(exc)) from None
+        await runtime.serve_controls(nursery, backend)
         await nursery.start(service.run)
         log.info(
             "hub %s serving the system register on %s:%d (store: %s, version %d)",
@@ -149,32 +156,23 @@ async def _serve_hub(
             settings.store.backend,
             service.state.head_version,
         )
+        runtime.ready(nursery)
         task_status.started(port)
-        await _first_signal(signals)
+        await runtime.supervise(signals)
         log.info("draining: sending peers to their next hub")
         service.drain()
-        grace = min(settings.timing.heartbeat_interval, settings.timing.shutdown_timeout)
-        with trio.move_on_after(grace):
+        runtime.send_status()
+        timing = runtime.reloader.current.timing
+        with trio.move_on_after(min(timing.heartbeat_interval, timing.shutdown_timeout)):
             await _until(service.sessions.all_sent_away)
         nursery.cancel_scope.cancel()
+    await runtime.telemetry.aclose()
     log.info("hub %s stopped", settings.node.id)
-
-
-async def _first_signal(signals: AsyncIterator[int]) -> None:
-    async for signum in signals:
-        log.info("received %s", signal.Signals(signum).name)
-        return
 
 
 async def _until(predicate: Callable[[], bool], interval: float = 0.05) -> None:
     while not predicate():  # noqa: ASYNC110 - session table state has no event of its own
         await trio.sleep(interval)
-
-
-def _version() -> str:
-    from sorcha_peerd import __version__
-
-    return __version__
 
 
 def peer_timing(settings: Settings) -> PeerTiming:
@@ -190,11 +188,15 @@ def peer_timing(settings: Settings) -> PeerTiming:
 
 
 async def run_peer(
-    settings: Settings, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    settings: Settings,
+    context: DaemonContext | None = None,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Keep and serve a replica until cancelled or signalled. Raises :class:`StartError`."""
+    runtime = Runtime(settings, context or DaemonContext())
     settings.node.state_dir.mkdir(parents=True, exist_ok=True)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with open_signals() as signals:
         if settings.store.backend != "sqlite":
             log.warning(
                 "a peer keeps its replica in the embedded store; store.backend "
@@ -210,19 +212,20 @@ async def run_peer(
             ) as store:
                 replica = Replica(store, page_size=settings.limits.max_page_size)
                 view = await replica.load()
-                await _serve_peer(settings, hubs, replica, view, signals, task_status)
+                await _serve_peer(runtime, hubs, replica, view, signals, task_status)
         except StoreError as exc:
             raise StartError(f"replica store unavailable: {exc}") from None
 
 
 async def _serve_peer(
-    settings: Settings,
+    runtime: Runtime,
     hubs: Sequence[HubEndpoint],
     replica: Replica,
     view: ReplicaView,
     signals: AsyncIterator[int],
     task_status: trio.TaskStatus[None],
 ) -> None:
+    settings = runtime.settings
     t = settings.timing
     peer = Peer(
         settings.node.id,
@@ -233,17 +236,26 @@ async def _serve_peer(
         settings.limits.register_limits(),
         backoff_initial=t.backoff_initial,
         backoff_max=t.backoff_max,
+        telemetry=runtime.telemetry,
     )
-    control = ControlServer(
-        settings.control.socket,
-        PeerControl(peer),
-        info=ServiceInfo(product="sorcha-peerd", version=_version()),
-    )
+
+    def apply(new: Settings, keys: Iterable[str]) -> None:
+        nt = new.timing
+        peer.reconfigure(
+            hubs=dialable_hubs(new) or peer.hubs,
+            timing=peer_timing(new),
+            connect_timeout=nt.connect_timeout,
+            limits=new.limits.register_limits(),
+            backoff_initial=nt.backoff_initial,
+            backoff_max=nt.backoff_max,
+        )
+
+    runtime.on_reload(apply)
+    runtime.status_from(lambda: peer_status_line(peer))
     async with trio.open_nursery() as nursery:
-        try:
-            await nursery.start(control.serve)
-        except ControlSocketError as exc:
-            raise StartError(str(exc)) from None
+        await runtime.serve_controls(
+            nursery, PeerControl(peer, runtime.reload, runtime.telemetry.metrics_snapshot)
+        )
         await nursery.start(peer.run)
         log.info(
             "peer %s serving its replica (version %d, %d blueprints); hubs: %s",
@@ -252,20 +264,33 @@ async def _serve_peer(
             view.snapshot.active_count,
             ", ".join(f"{h.id}={h.host}:{h.port}" for h in hubs),
         )
+        runtime.ready(nursery)
         task_status.started()
-        await _first_signal(signals)
+        await runtime.supervise(signals)
         log.info("stopping: telling the hub")
         await peer.shutdown()
         nursery.cancel_scope.cancel()
+    await runtime.telemetry.aclose()
     log.info("peer %s stopped", settings.node.id)
 
 
-def run_daemon(settings: Settings) -> int:
+def peer_status_line(peer: Peer) -> str:
+    view = peer.replica.view
+    hub = peer.link.current
+    where = f"connected to {hub.id}" if hub is not None else peer.connection_status
+    sync = "in sync" if peer.in_sync else "behind"
+    return (
+        f"peer {peer.node_id}: {where}, version {view.checkpoint.version} ({sync}), "
+        f"{view.snapshot.active_count} blueprints"
+    )
+
+
+def run_daemon(settings: Settings, context: DaemonContext | None = None) -> int:
     """Run the role the settings name; returns the exit status."""
     role = run_hub if settings.node.effective_role == "hub" else run_peer
     failure: StartError | None = None
     try:
-        trio.run(role, settings)
+        trio.run(role, settings, context)
     except* StartError as group:  # raised in the role's nursery, so it arrives grouped
         failure = _first(group)
     if failure is not None:

@@ -441,7 +441,7 @@ def test_parse_settings_is_pure() -> None:
 
 EXIT_CASES = {
     "unknown_key": ('[node]\ncolour = "red"\n', "node.colour: unknown key"),
-    "unknown_section": ("[telemetry]\nx = 1\n", "telemetry: unknown key"),
+    "unknown_section": ("[tracing]\nx = 1\n", "tracing: unknown key"),
     "string_for_float": (
         '[timing]\nheartbeat_interval = "30"\n',
         "timing.heartbeat_interval: must be a number of seconds, got string '30'",
@@ -507,28 +507,28 @@ def test_check_config_good_file_exits_0(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- other entry points
 
 
-def test_daemon_without_implementation_exits_cleanly(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(daemon_cli, "_load_run_daemon", lambda: None)
-    conf = write(tmp_path / "c.toml", '[node]\nid = "n0"\nrole = "hub"\n')
-    assert daemon_cli.main(["--config", str(conf), "--state-dir", str(tmp_path)]) == 1
-    assert "sorcha-peerd: the hub role is not implemented yet" in capsys.readouterr().err
-
-
-def test_daemon_hands_settings_to_run_daemon(
+def test_daemon_hands_settings_and_a_reloader_to_run_daemon(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen: list[Settings] = []
+    import sorcha_peerd.daemon as daemon_module
+    from sorcha_peerd.runtime import DaemonContext
 
-    def fake_run(settings: Settings) -> int:
-        seen.append(settings)
+    seen: list[tuple[Settings, DaemonContext | None]] = []
+
+    def fake_run(settings: Settings, context: DaemonContext | None = None) -> int:
+        seen.append((settings, context))
         return 3
 
-    monkeypatch.setattr(daemon_cli, "_load_run_daemon", lambda: fake_run)
+    monkeypatch.setattr(daemon_module, "run_daemon", fake_run)
     conf = write(tmp_path / "c.toml", '[node]\nid = "p1"\nrole = "peer"\n')
     assert daemon_cli.main(["--config", str(conf), "--state-dir", str(tmp_path)]) == 3
-    assert [s.node.id for s in seen] == ["p1"]
+    ((settings, context),) = seen
+    assert settings.node.id == "p1"
+    assert context is not None and context.load_settings is not None
+    # the reloader reads the same file (and flags) again
+    conf.write_text('[node]\nid = "p1"\nrole = "peer"\n[log]\nlevel = "debug"\n')
+    again = context.load_settings()
+    assert again.log.level == "debug" and again.node.state_dir == settings.node.state_dir
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -542,3 +542,59 @@ def test_peerctl_unreachable_daemon(tmp_path: Path, capsys: pytest.CaptureFixtur
     missing = tmp_path / "x.sock"
     assert peerctl.main(["--socket", str(missing), "status"]) == 2
     assert f"cannot reach the daemon at {missing}" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- [telemetry]
+
+
+def test_telemetry_defaults(tmp_path: Path) -> None:
+    settings = load(tmp_path)
+    assert settings.telemetry.exporter == "none"
+    assert settings.telemetry.endpoint is None
+    assert settings.telemetry.service_name == "sorcha-peerd"
+
+
+def test_telemetry_section_is_read(tmp_path: Path) -> None:
+    settings = load(
+        tmp_path,
+        """
+        [telemetry]
+        exporter = "OTLP"
+        endpoint = "http://collector.sorcha.dev:4318"
+        service_name = "sorcha-peerd-eu"
+        """,
+    )
+    assert settings.telemetry.exporter == "otlp"
+    assert settings.telemetry.endpoint == "http://collector.sorcha.dev:4318"
+    assert settings.telemetry.service_name == "sorcha-peerd-eu"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[telemetry]\nexporter = "jaeger"\n', "telemetry.exporter: must be one of none, otlp"),
+        ("[telemetry]\nexporter = 1\n", "telemetry.exporter: must be a string"),
+        (
+            '[telemetry]\nexporter = "otlp"\nendpoint = "collector:4318"\n',
+            "telemetry.endpoint: must be an http:// or https:// URL",
+        ),
+        (
+            '[telemetry]\nexporter = "otlp"\nendpoint = "http://c:99999"\n',
+            "telemetry.endpoint: not a valid URL",
+        ),
+        ('[telemetry]\nendpoint = "http://c:4318"\n', "telemetry.endpoint: is set but telemetry"),
+        ('[telemetry]\nservice_name = ""\n', "telemetry.service_name: must not be empty"),
+        ('[telemetry]\nprotocol = "grpc"\n', "telemetry.protocol: unknown key"),
+        ("telemetry = 1\n", "telemetry: must be a table"),
+    ],
+)
+def test_bad_telemetry_values_name_their_key(tmp_path: Path, text: str, expected: str) -> None:
+    found = problems(tmp_path, text)
+    assert any(expected in p for p in found), found
+
+
+def test_bad_telemetry_exporter_exits_78(tmp_path: Path) -> None:
+    conf = write(tmp_path / "c.toml", '[telemetry]\nexporter = "zipkin"\n')
+    result = check_config("--config", str(conf), cwd=tmp_path)
+    assert result.returncode == EX_CONFIG, result
+    assert "telemetry.exporter: must be one of none, otlp" in result.stderr, result.stderr

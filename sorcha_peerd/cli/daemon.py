@@ -8,17 +8,15 @@ Everything below it (config, daemon) takes those as arguments.
 from __future__ import annotations
 
 import argparse
-import importlib
-import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
 
 from sorcha_peerd import __version__
 from sorcha_peerd.config import EX_CONFIG, FLAG_FOR_KEY, ConfigError, Settings, load_settings
+from sorcha_peerd.logs import configure_logging
 
 PROG = "sorcha-peerd"
 
@@ -76,39 +74,23 @@ def system_hostname() -> str:
     return name
 
 
-RunDaemon = Callable[[Settings], int | None]
-
-
-def _load_run_daemon() -> RunDaemon | None:
-    """``sorcha_peerd.daemon.run_daemon``, or None while that module is not written yet.
-
-    Imported lazily so --check-config never pays for (or depends on) the
-    gRPC and store stacks. Only the module's own absence means "not
-    implemented"; an ImportError inside it is a real bug and propagates.
-    """
-    try:
-        module = importlib.import_module("sorcha_peerd.daemon")
-    except ModuleNotFoundError as exc:
-        if exc.name == "sorcha_peerd.daemon":
-            return None
-        raise
-    return cast(RunDaemon, module.run_daemon)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``sorcha-peerd``; returns the process exit status."""
     args = build_parser().parse_args(argv)
     overrides = {
         key: value for key in FLAG_FOR_KEY if (value := getattr(args, _dest(key))) is not None
     }
-    try:
-        settings = load_settings(
-            overrides,
-            config_path=Path(args.config) if args.config is not None else None,
-            env=os.environ,
-            hostname=system_hostname(),
-            cwd=Path.cwd(),
+    config_path = Path(args.config) if args.config is not None else None
+    cwd = Path.cwd()
+
+    def load() -> Settings:
+        # the same file and flags as at start; the environment as it is now
+        return load_settings(
+            overrides, config_path=config_path, env=os.environ, hostname=system_hostname(), cwd=cwd
         )
+
+    try:
+        settings = load()
     except ConfigError as exc:
         for line in exc.lines():
             print(f"{PROG}: {line}", file=sys.stderr)
@@ -116,18 +98,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_config:
         print(f"{PROG}: configuration OK: {settings.summary()}")
         return 0
-    logging.basicConfig(
-        level=settings.log.level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
-    run_daemon = _load_run_daemon()
-    if run_daemon is None:
-        print(
-            f"{PROG}: the {settings.node.effective_role} role is not implemented yet",
-            file=sys.stderr,
-        )
-        return 1
-    status = run_daemon(settings)
-    return status if status is not None else 0
+    log_control = configure_logging(settings.log.level, env=os.environ)
+    # the daemon itself is imported only now: --check-config needs none of it
+    from sorcha_peerd.daemon import run_daemon
+    from sorcha_peerd.runtime import DaemonContext
+
+    context = DaemonContext(load_settings=load, log_control=log_control, env=dict(os.environ))
+    return run_daemon(settings, context)
 
 
 if __name__ == "__main__":

@@ -25,17 +25,20 @@ import attrs
 import trio
 
 from sorcha_peerd import __version__, register
+from sorcha_peerd.cli import ops
 from sorcha_peerd.cli.daemon import system_hostname
 from sorcha_peerd.config import ConfigError, load_settings
 from sorcha_peerd.control.client import DEFAULT_TIMEOUT, ControlClient, DaemonUnreachable
 from sorcha_peerd.control.interface import DEFAULT_PAGE
 from sorcha_peerd.control.protocol import (
+    CONFIG_INVALID,
     INTERFACE,
     INTERNAL_ERROR,
     INVALID_ARGUMENT,
     INVALID_PARAMETER,
     NOT_FOUND,
     NOT_SUPPORTED,
+    PERMISSION_DENIED,
     STORE_UNAVAILABLE,
     SYNC_FAILED,
     ControlError,
@@ -86,15 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_TIMEOUT,
         help=f"bound on each request (default {DEFAULT_TIMEOUT:g})",
     )
+    parser.add_argument("--json", action="store_true", help="print JSON (any command)")
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )
 
     p = commands.add_parser("status", help="show the daemon's state; exit 0 when it answers")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
 
     p = commands.add_parser("blueprints", help="list the blueprints the daemon holds")
-    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     p.add_argument("--all", action="store_true", help="include deprecated blueprints")
 
     p = commands.add_parser("get", help="print a blueprint's document")
@@ -118,14 +122,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("deprecate", help="mark a blueprint inactive (hub only)")
     p.add_argument("id", metavar="ID")
     p.add_argument("--by", metavar="NAME", help="recorded as published_by (default $USER)")
+
+    p = commands.add_parser(
+        "health", help="Nagios-style check: exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN"
+    )
+    p = commands.add_parser("peers", help="a hub's connected peers, or a peer's hubs")
+    p = commands.add_parser("metrics", help="the daemon's current metric values")
+    p = commands.add_parser("version", help="the versions of sorcha-peerctl and the daemon")
+    p = commands.add_parser("reload", help="re-read the daemon's configuration")
+    p.add_argument("--check", action="store_true", help="only validate it; change nothing")
+    for sub in commands.choices.values():
+        if not any("--json" in a.option_strings for a in sub._actions):
+            sub.add_argument(
+                "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON"
+            )
     return parser
+
+
+#: Commands that only read: by default they use the group-accessible status socket.
+READ_ONLY_COMMANDS = frozenset(
+    {"status", "blueprints", "get", "health", "peers", "metrics", "version"}
+)
 
 
 # --------------------------------------------------------------------------- finding the daemon
 
 
 def socket_path(args: argparse.Namespace, env: Mapping[str, str]) -> Path:
-    """``--socket``, else ``control.socket`` of the configuration the daemon would read."""
+    """``--socket``, else the socket of the configuration the daemon would read.
+
+    Commands that only read use the status socket beside the control socket
+    (monitoring may reach it without being able to publish), when it exists.
+    """
     if args.socket is not None:
         return Path(args.socket)
     settings = load_settings(
@@ -134,7 +162,11 @@ def socket_path(args: argparse.Namespace, env: Mapping[str, str]) -> Path:
         hostname=system_hostname(),
         cwd=Path.cwd(),
     )
-    return settings.control.socket
+    control = settings.control.socket
+    status = control.with_name("status.sock")
+    if args.command in READ_ONLY_COMMANDS and status.exists():
+        return status
+    return control
 
 
 def describe(error: ControlError) -> str:
@@ -150,6 +182,12 @@ def describe(error: ControlError) -> str:
         return f"the daemon's store is unavailable: {p.get('reason')}"
     if error.error == SYNC_FAILED:
         return f"sync failed: {p.get('reason')}"
+    if error.error == CONFIG_INVALID:
+        return "the configuration does not validate; the daemon keeps the running one: " + (
+            "; ".join(str(x) for x in p.get("problems", []))
+        )
+    if error.error == PERMISSION_DENIED:
+        return "not allowed on this socket (the status socket only reads; use the control socket)"
     if error.error == INTERNAL_ERROR:
         return "the daemon failed (internal error; see its log)"
     if error.error == INVALID_PARAMETER:
@@ -419,6 +457,16 @@ def prepare(args: argparse.Namespace, env: Mapping[str, str]) -> Command:
         )
     if args.command == "sync":
         return partial(cmd_sync, full=args.full)
+    if args.command == "health":
+        return partial(ops.cmd_health, as_json=args.json)
+    if args.command == "peers":
+        return partial(ops.cmd_peers, as_json=args.json)
+    if args.command == "metrics":
+        return partial(ops.cmd_metrics, as_json=args.json)
+    if args.command == "version":
+        return partial(ops.cmd_version, as_json=args.json)
+    if args.command == "reload":
+        return partial(ops.cmd_reload, check=args.check, as_json=args.json)
     if args.command == "deprecate":
         by = _check_name("--by", args.by or _default_user(env))
         return partial(cmd_deprecate, args=args, by=by)
@@ -445,9 +493,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = prepare(args, env)
         return trio.run(session, path, args.timeout, command)
     except DaemonUnreachable as exc:
+        if args.command == "health":  # Nagios: a daemon that does not answer is CRITICAL
+            print(f"SORCHA-PEERD CRITICAL - {exc}")
+            return ops.NAGIOS_CRITICAL
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EX_UNREACHABLE
     except ControlError as exc:
+        if args.command == "health":
+            print(f"SORCHA-PEERD UNKNOWN - {describe(exc)}")
+            return ops.NAGIOS_UNKNOWN
         print(f"{PROG}: {describe(exc)}", file=sys.stderr)
         return EX_REFUSED
     except Refused as exc:

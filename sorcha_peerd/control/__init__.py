@@ -8,15 +8,22 @@ Start it from a role's nursery::
 where ``backend`` implements :class:`ControlBackend`. See docs/control.md.
 """
 
-from sorcha_peerd.control.backend import ControlBackend, NotSupported, SyncFailed
+from sorcha_peerd.control.backend import ConfigInvalid, ControlBackend, NotSupported, SyncFailed
 from sorcha_peerd.control.client import ControlClient, DaemonUnreachable
 from sorcha_peerd.control.interface import IDL, ControlService, ServiceInfo, blueprint_json
 from sorcha_peerd.control.protocol import INTERFACE, ControlError
-from sorcha_peerd.control.server import ControlServer, ControlSocketError, ControlSocketInUse
+from sorcha_peerd.control.server import (
+    STATUS_SOCKET_MODE,
+    ControlServer,
+    ControlSocketError,
+    ControlSocketInUse,
+)
 
 __all__ = [
     "IDL",
     "INTERFACE",
+    "STATUS_SOCKET_MODE",
+    "ConfigInvalid",
     "ControlBackend",
     "ControlClient",
     "ControlError",

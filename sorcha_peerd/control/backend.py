@@ -30,6 +30,14 @@ class SyncFailed(Exception):
         self.reason = reason
 
 
+class ConfigInvalid(Exception):
+    """A reload found a configuration that does not validate; nothing was changed."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
 class ControlBackend(Protocol):
     """The role's side of the control socket.
 
@@ -63,4 +71,15 @@ class ControlBackend(Protocol):
 
     async def sync(self, *, full: bool) -> Mapping[str, Any]:
         """Synchronise with the hub now and report how it went (a peer; a hub is the source)."""
+        ...
+
+    async def reload(self, *, check: bool) -> Mapping[str, Any]:
+        """Re-read the configuration; apply what can change live unless ``check``.
+
+        Raises :class:`ConfigInvalid` (and changes nothing) when it does not validate.
+        """
+        ...
+
+    async def metrics(self) -> Mapping[str, Any]:
+        """The current metric values, JSON-able."""
         ...

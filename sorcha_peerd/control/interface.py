@@ -20,8 +20,9 @@ import attrs
 import trio
 
 from sorcha_peerd import __version__
-from sorcha_peerd.control.backend import ControlBackend, NotSupported, SyncFailed
+from sorcha_peerd.control.backend import ConfigInvalid, ControlBackend, NotSupported, SyncFailed
 from sorcha_peerd.control.protocol import (
+    CONFIG_INVALID,
     INTERFACE,
     INTERFACE_NOT_FOUND,
     INTERNAL_ERROR,
@@ -29,6 +30,7 @@ from sorcha_peerd.control.protocol import (
     METHOD_NOT_FOUND,
     NOT_FOUND,
     NOT_SUPPORTED,
+    PERMISSION_DENIED,
     SERVICE_INTERFACE,
     STORE_UNAVAILABLE,
     SYNC_FAILED,
@@ -92,6 +94,15 @@ method Publish(
 # Mark a blueprint inactive at a new version (hub only).
 method Deprecate(id: string, deprecated_by: ?string) -> (blueprint: Blueprint)
 
+# Re-read the configuration file and apply what can change while running
+# (log level, hub list, timings, limits); with check, only validate. Returns
+# once done: the keys applied and those that need a restart. A configuration
+# that does not validate changes nothing (ConfigInvalid).
+method Reload(check: ?bool) -> (applied: []string, needs_restart: []string)
+
+# The current values of the daemon's metrics.
+method Metrics() -> (metrics: object)
+
 # Synchronise with the hub now (peer only), incrementally or in full, and
 # return once done: at least the replica's version and how many entries
 # were applied.
@@ -111,6 +122,9 @@ error StoreUnavailable (reason: string)
 
 # A sync could not be done (no hub reachable, the hub refused...).
 error SyncFailed (reason: string)
+
+# The configuration file does not validate; the daemon keeps the old one.
+error ConfigInvalid (problems: []string)
 
 # An unexpected failure; details are in the daemon's log.
 error InternalError ()
@@ -206,6 +220,18 @@ def blueprint_json(entry: Entry) -> dict[str, Any]:
 
 Handler = Callable[[Params, Caller], Awaitable[dict[str, Any]]]
 
+#: What the group-accessible status socket answers; everything else is PermissionDenied.
+READ_ONLY_METHODS: Final = frozenset(
+    {
+        f"{SERVICE_INTERFACE}.GetInfo",
+        f"{SERVICE_INTERFACE}.GetInterfaceDescription",
+        f"{INTERFACE}.Status",
+        f"{INTERFACE}.ListBlueprints",
+        f"{INTERFACE}.GetBlueprint",
+        f"{INTERFACE}.Metrics",
+    }
+)
+
 
 class ControlService:
     """Answers one call: checks parameters, asks the backend, maps its errors.
@@ -213,9 +239,12 @@ class ControlService:
     Holds no per-connection state, so one instance serves every connection.
     """
 
-    def __init__(self, backend: ControlBackend, info: ServiceInfo | None = None) -> None:
+    def __init__(
+        self, backend: ControlBackend, info: ServiceInfo | None = None, *, read_only: bool = False
+    ) -> None:
         self._backend = backend
         self._info = info or ServiceInfo()
+        self.read_only = read_only
         self._methods: dict[str, Handler] = {
             f"{SERVICE_INTERFACE}.GetInfo": self._get_info,
             f"{SERVICE_INTERFACE}.GetInterfaceDescription": self._get_description,
@@ -225,6 +254,8 @@ class ControlService:
             f"{INTERFACE}.Publish": self._publish,
             f"{INTERFACE}.Deprecate": self._deprecate,
             f"{INTERFACE}.Sync": self._sync,
+            f"{INTERFACE}.Reload": self._reload,
+            f"{INTERFACE}.Metrics": self._metrics,
         }
 
     @property
@@ -234,6 +265,8 @@ class ControlService:
     async def call(self, request: Request, caller: Caller) -> dict[str, Any]:
         """The reply parameters of ``request``; raises :class:`ControlError` for an error reply."""
         handler = self._methods.get(request.method)
+        if handler is not None and self.read_only and request.method not in READ_ONLY_METHODS:
+            raise ControlError(PERMISSION_DENIED)
         if handler is None:
             if request.interface not in DESCRIPTIONS:
                 raise ControlError(INTERFACE_NOT_FOUND, {"interface": request.interface})
@@ -252,6 +285,8 @@ class ControlService:
             raise ControlError(NOT_SUPPORTED, {"reason": exc.reason}) from exc
         except SyncFailed as exc:
             raise ControlError(SYNC_FAILED, {"reason": exc.reason}) from exc
+        except ConfigInvalid as exc:
+            raise ControlError(CONFIG_INVALID, {"problems": exc.problems}) from exc
         except StoreError as exc:
             raise ControlError(STORE_UNAVAILABLE, {"reason": str(exc)}) from exc
         except Exception as exc:
@@ -345,3 +380,21 @@ class ControlService:
         p.finish()
         log.info("control: a %s sync was asked for", "full" if full else "incremental")
         return {"result": dict(await self._backend.sync(full=full))}
+
+    async def _reload(self, p: Params, caller: Caller) -> dict[str, Any]:
+        check = p.optional_bool("check", False)
+        p.finish()
+        log.info(
+            "control: %s asked for by %s",
+            "a config check" if check else "a reload",
+            await caller.name(),
+        )
+        result = await self._backend.reload(check=check)
+        return {
+            "applied": list(result.get("applied", [])),
+            "needs_restart": list(result.get("needs_restart", [])),
+        }
+
+    async def _metrics(self, p: Params, caller: Caller) -> dict[str, Any]:
+        p.finish()
+        return {"metrics": dict(await self._backend.metrics())}

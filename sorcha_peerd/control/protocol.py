@@ -28,12 +28,14 @@ DEFAULT_MAX_MESSAGE_BYTES: Final = 2 * DEFAULT_LIMITS.max_document_bytes + 64 * 
 INTERFACE_NOT_FOUND: Final = "org.varlink.service.InterfaceNotFound"
 METHOD_NOT_FOUND: Final = "org.varlink.service.MethodNotFound"
 INVALID_PARAMETER: Final = "org.varlink.service.InvalidParameter"
+PERMISSION_DENIED: Final = "org.varlink.service.PermissionDenied"
 # Errors of io.sorcha.peerd.
 NOT_FOUND: Final = f"{INTERFACE}.NotFound"
 INVALID_ARGUMENT: Final = f"{INTERFACE}.InvalidArgument"
 NOT_SUPPORTED: Final = f"{INTERFACE}.NotSupported"
 STORE_UNAVAILABLE: Final = f"{INTERFACE}.StoreUnavailable"
 SYNC_FAILED: Final = f"{INTERFACE}.SyncFailed"
+CONFIG_INVALID: Final = f"{INTERFACE}.ConfigInvalid"
 INTERNAL_ERROR: Final = f"{INTERFACE}.InternalError"
 INVALID_REQUEST: Final = f"{INTERFACE}.InvalidRequest"
 

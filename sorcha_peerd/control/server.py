@@ -44,7 +44,10 @@ from sorcha_peerd.control.protocol import (
 
 log = logging.getLogger(__name__)
 
-SOCKET_MODE: Final = 0o660
+#: The control socket is for the daemon's own user; the status socket is
+#: group-accessible and offers only what reads (for monitoring).
+SOCKET_MODE: Final = 0o600
+STATUS_SOCKET_MODE: Final = 0o660
 #: Mode of the socket's directory when we create it: group members must reach the socket.
 DIRECTORY_MODE: Final = 0o750
 RECEIVE_SIZE: Final = 64 * 1024
@@ -79,9 +82,12 @@ class ControlServer:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         probe_timeout: float = 1.0,
         backlog: int = 64,
+        mode: int = SOCKET_MODE,
+        read_only: bool = False,
     ) -> None:
         self.socket_path = Path(socket_path)
-        self.service = ControlService(backend, info)
+        self.service = ControlService(backend, info, read_only=read_only)
+        self.mode = mode
         self.max_message_bytes = max_message_bytes
         self.probe_timeout = probe_timeout
         self.backlog = backlog
@@ -98,7 +104,8 @@ class ControlServer:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(trio.serve_listeners, self._handle, [listener])
-                log.info("control socket listening on %s", self.socket_path)
+                kind = "status" if self.service.read_only else "control"
+                log.info("%s socket listening on %s", kind, self.socket_path)
                 task_status.started(self.socket_path)
         finally:
             sock.close()
@@ -117,7 +124,7 @@ class ControlServer:
         try:
             await sock.bind(os.fspath(path))
             bound = True
-            os.chmod(path, SOCKET_MODE)
+            os.chmod(path, self.mode)
             sock.listen(self.backlog)
         except BaseException as exc:
             sock.close()

@@ -6,7 +6,7 @@ then notifies subscribers, exactly as for a change made through another hub.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -23,6 +23,8 @@ class HubControl:
     service: HubService
     listen: str
     store_backend: str
+    reload_hook: Callable[..., Awaitable[Mapping[str, Any]]] | None = None
+    metrics_hook: Callable[[], Mapping[str, Any]] | None = None
 
     async def status(self) -> Mapping[str, Any]:
         await self.service.refresh_state()
@@ -77,3 +79,11 @@ class HubControl:
 
     async def sync(self, *, full: bool) -> Mapping[str, Any]:
         raise NotSupported("this node is a hub: it is the source of the register, not a replica")
+
+    async def reload(self, *, check: bool) -> Mapping[str, Any]:
+        if self.reload_hook is None:
+            raise NotSupported("this daemon was started without a configuration to reload")
+        return await self.reload_hook(check=check)
+
+    async def metrics(self) -> Mapping[str, Any]:
+        return self.metrics_hook() if self.metrics_hook is not None else {}

@@ -29,6 +29,7 @@ from sorcha_peerd.hub.push import Filters, PushFanout
 from sorcha_peerd.hub.sessions import Action, PeerState, Session, SessionTable, TooManyPeers
 from sorcha_peerd.register import Entry, Limits, validate_peer_id
 from sorcha_peerd.store.base import RegisterStore
+from sorcha_peerd.telemetry import Telemetry
 from sorcha_peerd.wire import messages as pb
 from sorcha_peerd.wire import services
 from sorcha_peerd.wire.server import CallContext
@@ -79,6 +80,7 @@ class HubService:
         config: HubConfig,
         store: RegisterStore,
         *,
+        telemetry: Telemetry | None = None,
         monotonic: Callable[[], float] = trio.current_time,
         clock_ms: Callable[[], int] = wall_ms,
     ) -> None:
@@ -94,6 +96,7 @@ class HubService:
         self._clock_ms = clock_ms
         self._started: float | None = None
         self._feed_cursor = 0
+        self.telemetry = telemetry or Telemetry("sorcha-peerd", config.node_id, "hub")
 
     # ------------------------------------------------------------------ duties
 
@@ -135,6 +138,7 @@ class HubService:
                     last_publish_ms=max(self.state.last_publish_ms, last_publish),
                 )
                 self.fanout.publish(batch)
+                self.telemetry.hub_published(len(batch))
                 await self.refresh_state()
                 await trio.lowlevel.checkpoint()
 
@@ -142,12 +146,25 @@ class HubService:
         period = max(0.05, min(self.config.heartbeat_timeout, self.config.heartbeat_interval) / 2)
         while True:
             await trio.sleep(period)
+            self._gauges()
             for session in self.sessions.expire(self._monotonic()):
                 log.info(
                     "session of peer %s expired: no heartbeat for %.1f s",
                     session.peer_id,
                     self.sessions.expiry_after,
                 )
+
+    def reconfigure(self, config: HubConfig) -> None:
+        """New live settings (a reload): timings and limits; the node id stays."""
+        self.config = attrs.evolve(config, node_id=self.config.node_id)
+        self.sessions.heartbeat_timeout = config.heartbeat_timeout
+        self.sessions.missed_for_expiry = config.missed_heartbeats_for_failover
+        self.sessions.max_peers = config.max_peers
+        self.fanout.queue_size = config.push_queue_size
+
+    def _gauges(self) -> None:
+        self.telemetry.set_hub_peers_connected(len(self.sessions))
+        self.telemetry.set_hub_subscriptions_active(len(self.fanout))
 
     def drain(self) -> None:
         """Stop accepting peers, send the connected ones away, end push streams."""
@@ -221,6 +238,7 @@ class HubService:
             )
         except TooManyPeers as exc:
             raise RpcError(StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+        self._gauges()
         log.info(
             "peer %s connected from %s (session %s...)",
             request.peer_id,
@@ -254,6 +272,7 @@ class HubService:
                 success=False, message="no such session", disconnected_at=self._clock_ms()
             )
         self.sessions.disconnect(request.session_id)
+        self._gauges()
         reason = pb.DisconnectReason(request.reason).name if request.reason else "UNKNOWN"
         log.info("peer %s disconnected (%s)", request.peer_id, reason)
         return pb.DisconnectionResponse(
@@ -406,6 +425,7 @@ class HubService:
         if self.draining:
             raise RpcError(StatusCode.UNAVAILABLE, "hub is draining: subscribe to the next hub")
         subscription = self.fanout.subscribe(Filters.from_wire(request.filters))
+        self._gauges()
 
         def ended() -> None:
             if subscription.cut_off:
@@ -422,6 +442,7 @@ class HubService:
                 yield subscription.next_message(prefix)
         finally:
             self.fanout.unsubscribe(subscription)
+            self._gauges()
 
     async def get_checkpoint(
         self, request: pb.CheckpointRequest, ctx: CallContext

@@ -7,7 +7,7 @@ hub's job: a peer refuses it and says where to go.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -24,6 +24,8 @@ class PeerControl:
     """A :class:`sorcha_peerd.control.ControlBackend` for a peer."""
 
     peer: Peer
+    reload_hook: Callable[..., Awaitable[Mapping[str, Any]]] | None = None
+    metrics_hook: Callable[[], Mapping[str, Any]] | None = None
     sync_timeout: float = 300.0
 
     async def status(self) -> Mapping[str, Any]:
@@ -118,3 +120,11 @@ class PeerControl:
                 "blueprints": view.snapshot.active_count,
             }
         raise SyncFailed(f"no sync completed within {self.sync_timeout:.0f} s")
+
+    async def reload(self, *, check: bool) -> Mapping[str, Any]:
+        if self.reload_hook is None:
+            raise NotSupported("this daemon was started without a configuration to reload")
+        return await self.reload_hook(check=check)
+
+    async def metrics(self) -> Mapping[str, Any]:
+        return self.metrics_hook() if self.metrics_hook is not None else {}

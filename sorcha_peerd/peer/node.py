@@ -11,9 +11,11 @@ peer reports ``isolated`` and keeps dialing in the background.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 
 import attrs
 import trio
@@ -23,6 +25,13 @@ from sorcha_peerd.peer.link import HubEndpoint, Link, LinkState, Wait
 from sorcha_peerd.peer.replica import Replica
 from sorcha_peerd.peer.session import PeerState, PeerTiming, Session, SessionEnd, SyncRequests
 from sorcha_peerd.register import Limits
+from sorcha_peerd.telemetry import (
+    ATTR_FAILOVER_REASON,
+    ATTR_HUB,
+    SPAN_CONNECT,
+    SPAN_FAILOVER,
+    Telemetry,
+)
 from sorcha_peerd.wire import messages as pb
 from sorcha_peerd.wire import services
 from sorcha_peerd.wire.client import Channel, open_channel
@@ -55,6 +64,10 @@ def dialable_hubs(settings: Settings) -> tuple[HubEndpoint, ...]:
     return tuple(hubs)
 
 
+def _telemetry_or_default(value: Telemetry | None) -> Telemetry:
+    return value if value is not None else Telemetry("sorcha-peerd", "peer", "peer")
+
+
 @attrs.define
 class Peer:
     """The peer's parts; :meth:`run` drives them until cancelled."""
@@ -70,10 +83,13 @@ class Peer:
     clock_ms: Callable[[], int] = wall_ms
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
+    telemetry: Telemetry = attrs.field(default=None, converter=_telemetry_or_default)
     state: PeerState = attrs.field(init=False)
     requests: SyncRequests = attrs.field(init=False, factory=SyncRequests)
     link: Link = attrs.field(init=False)
     session: Session | None = attrs.field(init=False, default=None)
+    _new_link: bool = attrs.field(init=False, default=False)
+    _wake: trio.Event = attrs.field(init=False, factory=trio.Event)
 
     def __attrs_post_init__(self) -> None:
         self.state = PeerState(self.node_id)
@@ -84,30 +100,89 @@ class Peer:
             rng=self.rng,
         )
 
+    def _report(self) -> None:
+        """The connection status gauge follows the link."""
+        hub = self.link.current
+        self.telemetry.set_connection_status(
+            self.link.state.value, hub=hub.id if hub is not None else None
+        )
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._report()
         async with trio.open_nursery() as nursery:
             await nursery.start(self.replica.run)
             nursery.start_soon(self._connection_loop)
             task_status.started()
 
+    def reconfigure(
+        self,
+        *,
+        hubs: Sequence[HubEndpoint],
+        timing: PeerTiming,
+        connect_timeout: float,
+        limits: Limits,
+        backoff_initial: float,
+        backoff_max: float,
+    ) -> None:
+        """New live settings (a reload), used from the next connection on."""
+        self.timing = timing
+        self.connect_timeout = connect_timeout
+        self.limits = limits
+        changed = (tuple(hubs), backoff_initial, backoff_max) != (
+            tuple(self.hubs),
+            self.backoff_initial,
+            self.backoff_max,
+        )
+        self.hubs, self.backoff_initial, self.backoff_max = (
+            tuple(hubs),
+            backoff_initial,
+            backoff_max,
+        )
+        if changed:
+            self._new_link = True
+            self._wake.set()
+
+    def _fresh_link(self) -> None:
+        """Take a reloaded hub list or backoff when not in a session."""
+        if self._new_link and self.session is None:
+            self._new_link = False
+            self.link = Link(
+                self.hubs,
+                backoff_initial=self.backoff_initial,
+                backoff_max=self.backoff_max,
+                rng=self.rng,
+            )
+            log.info("hub list now: %s", ", ".join(h.id for h in self.hubs))
+
     async def _connection_loop(self) -> None:
         while True:
+            self._fresh_link()
             step = self.link.next_step(trio.current_time())
             if step is None:  # no hub to dial at all
-                await trio.sleep_forever()
+                await self._wait_for_reload(math.inf)
             elif isinstance(step, Wait):
-                await trio.sleep_until(step.until)
+                await self._wait_for_reload(step.until)
             else:
                 await self._dial(step.hub)
 
+    async def _wait_for_reload(self, until: float) -> None:
+        """Sleep until ``until``, or until a reload brings a new hub list."""
+        self._wake = trio.Event()
+        with trio.move_on_at(until):
+            await self._wake.wait()
+
     async def _dial(self, hub: HubEndpoint) -> None:
         connected = False
+        connecting = ExitStack()  # the peer.connection.connect span, until connected or failed
+        connecting.enter_context(self.telemetry.span(SPAN_CONNECT, {ATTR_HUB: hub.id}))
         try:
             async with open_channel(
                 hub.host, hub.port, connect_timeout=self.connect_timeout
             ) as channel:
                 response = await self._connect(channel)
+                connecting.close()
                 self.link.dial_succeeded(trio.current_time())
+                self._report()
                 connected = True
                 log.info(
                     "connected to hub %s (%s:%d), register at version %d",
@@ -119,10 +194,14 @@ class Peer:
                 await self._run_session(hub, channel, response)
         except RpcError as exc:
             if not connected:
+                connecting.__exit__(type(exc), exc, exc.__traceback__)
                 log.info("hub %s unreachable: %s", hub.id, exc.message or exc.code.name)
                 self.link.dial_failed(trio.current_time(), exc.message or exc.code.name)
+                self._report()
                 return
-            self.link.connection_lost(trio.current_time(), str(exc))
+            self._left(hub, str(exc), lost=True)
+        finally:
+            connecting.close()
 
     async def _connect(self, channel: Channel) -> pb.ConnectionResponse:
         request = pb.ConnectRequest(
@@ -161,6 +240,7 @@ class Peer:
             self.timing,
             self.limits,
             self.clock_ms,
+            self.telemetry,
         )
         self.session = session
         try:
@@ -168,17 +248,31 @@ class Peer:
         finally:
             self.session = None
             self.state.push_up = False
-        now = trio.current_time()
         if end is SessionEnd.RECONNECT:
-            self.link.reconnect(now, reason)
+            self.link.reconnect(trio.current_time(), reason)
+            self._report()
             return
         if end is SessionEnd.FAILOVER:
-            monitor = self.state.monitor
-            if monitor is None or monitor.missed == 0:  # a hub that stopped answering gets none
-                await self._say_goodbye(channel, pb.DisconnectReason.FAILOVER)
-            self.link.failover(trio.current_time(), reason)
+            with self.telemetry.span(
+                SPAN_FAILOVER, {ATTR_HUB: hub.id, ATTR_FAILOVER_REASON: reason}
+            ):
+                monitor = self.state.monitor
+                if monitor is None or monitor.missed == 0:  # a silent hub gets no goodbye
+                    await self._say_goodbye(channel, pb.DisconnectReason.FAILOVER)
+            self._left(hub, reason, lost=False)
             return
-        self.link.connection_lost(now, reason)
+        self._left(hub, reason, lost=True)
+
+    def _left(self, hub: HubEndpoint, reason: str, *, lost: bool) -> None:
+        """The session with ``hub`` is over: on to the next hub, and count it."""
+        now = trio.current_time()
+        if lost:
+            self.link.connection_lost(now, reason)
+        else:
+            self.link.failover(now, reason)
+        target = self.link.target
+        self.telemetry.failover(hub.id, target.id if target is not None else None, reason)
+        self._report()
 
     async def _say_goodbye(self, channel: Channel, reason: pb.DisconnectReason) -> None:
         """Best effort: tell the hub we leave (it may be gone already)."""

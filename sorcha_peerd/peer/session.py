@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
 
 import attrs
 import trio
@@ -39,6 +39,14 @@ from sorcha_peerd.peer.replication import (
     accept_page,
 )
 from sorcha_peerd.register import Entry, Limits
+from sorcha_peerd.telemetry import (
+    ATTR_HUB,
+    SPAN_HEARTBEAT,
+    SPAN_NOTIFICATION,
+    SPAN_SYNC_FULL,
+    SPAN_SYNC_INCREMENTAL,
+    Telemetry,
+)
 from sorcha_peerd.wire import messages as pb
 from sorcha_peerd.wire import services
 from sorcha_peerd.wire.client import Channel
@@ -143,6 +151,7 @@ class Session:
     timing: PeerTiming
     limits: Limits
     clock_ms: Callable[[], int]
+    telemetry: Telemetry
     end: SessionEnd | None = None
     reason: str = ""
     _scope: trio.CancelScope | None = None
@@ -209,9 +218,12 @@ class Session:
                 ),
             )
             try:
-                ack = await self.channel.unary(
-                    services.SEND_HEARTBEAT, message, timeout=max(0.001, beat.deadline - now)
-                )
+                with self.telemetry.span(
+                    SPAN_HEARTBEAT, {ATTR_HUB: self.hub.id}, sequence=beat.sequence
+                ):
+                    ack = await self.channel.unary(
+                        services.SEND_HEARTBEAT, message, timeout=max(0.001, beat.deadline - now)
+                    )
             except RpcError as exc:
                 if self.channel.closed:
                     raise _Ended(SessionEnd.LOST, f"connection lost: {exc.message}") from None
@@ -234,6 +246,8 @@ class Session:
                 advice = monitor.acknowledged(
                     beat.sequence, trio.current_time(), int(ack.recommended_action)
                 )
+                if monitor.last_latency is not None:
+                    self.telemetry.record_heartbeat_latency(monitor.last_latency, hub=self.hub.id)
             self._obey(advice)
 
     def _obey(self, advice: Advice) -> None:
@@ -263,18 +277,16 @@ class Session:
                     self.state.push_up = True
                     expected = 1
                     async for note in notes:
-                        self.state.notifications += 1
-                        self.state.saw_head(note.version)
-                        if note.sequence_number != expected:
-                            log.info(
-                                "push gap: expected %d, got %d; syncing",
-                                expected,
-                                note.sequence_number,
-                            )
+                        with self.telemetry.span(
+                            SPAN_NOTIFICATION,
+                            {ATTR_HUB: self.hub.id},
+                            version=note.version,
+                            sequence=note.sequence_number,
+                        ):
+                            self._notified(note, expected)
                         expected = note.sequence_number + 1
-                        if note.version > self.replica.view.checkpoint.version:
-                            self.requests.want()
             except RpcError as exc:
+                self.telemetry.notification_failed("stream_failed", hub=self.hub.id)
                 if self.channel.closed:
                     raise
                 if exc.code is StatusCode.UNAVAILABLE:  # the hub is draining: leave now
@@ -286,6 +298,17 @@ class Session:
                 self.state.push_up = False
             self.requests.want()  # whatever was missed while it was down
             await trio.sleep(min(self.timing.heartbeat_interval, 5.0))
+
+    def _notified(self, note: pb.BlueprintNotification, expected: int) -> None:
+        self.state.notifications += 1
+        self.state.saw_head(note.version)
+        if note.sequence_number != expected:
+            self.telemetry.notification_failed("sequence_gap", hub=self.hub.id)
+            log.info("push gap: expected %d, got %d; syncing", expected, note.sequence_number)
+        else:
+            self.telemetry.notification_delivered(hub=self.hub.id)
+        if note.version > self.replica.view.checkpoint.version:
+            self.requests.want()
 
     # ------------------------------------------------------------------ sync
 
@@ -306,8 +329,8 @@ class Session:
                 if first:
                     full = full or await self._needs_full_sync()
                 if full:
-                    await self._full_sync()
-                await self._incremental_sync()
+                    await self._timed("full", self._full_sync)
+                await self._timed("incremental", self._incremental_sync)
             except SyncError as exc:
                 error = str(exc)
                 self.state.last_sync_error = error
@@ -317,6 +340,17 @@ class Session:
             finally:
                 self.requests.done(generation, error)
             first = False
+
+    async def _timed(
+        self, kind: Literal["full", "incremental"], sync: Callable[[], Awaitable[int]]
+    ) -> None:
+        """Run a sync inside its span and record its duration and entries."""
+        name = SPAN_SYNC_FULL if kind == "full" else SPAN_SYNC_INCREMENTAL
+        started = trio.current_time()
+        with self.telemetry.span(name, {ATTR_HUB: self.hub.id}) as span:
+            count = await sync()
+            span.set_attribute("sorcha.sync.blueprints", count)
+        self.telemetry.record_sync(kind, trio.current_time() - started, count, hub=self.hub.id)
 
     async def _needs_full_sync(self) -> bool:
         view = self.replica.view
@@ -353,9 +387,10 @@ class Session:
         ) as entries:
             return [entry async for entry in entries]
 
-    async def _incremental_sync(self) -> None:
-        """Page from the checkpoint until the hub has nothing newer."""
+    async def _incremental_sync(self) -> int:
+        """Page from the checkpoint until the hub has nothing newer; the entries applied."""
         attempts = 0
+        applied = 0
         while True:
             checkpoint = self.replica.view.checkpoint
             page = await self._fetch(checkpoint.version, self.timing.page_size)
@@ -380,14 +415,15 @@ class Session:
             )
             if result.accepted or moved:  # nothing new: no durable write, no new view
                 await self.replica.commit(result.accepted, result.checkpoint)
+                applied += len(result.accepted)
                 self.state.syncs += 1
                 self.state.last_sync_ms = self.clock_ms()
             if result.complete:
                 self.state.last_sync_ms = self.clock_ms()
                 self.state.saw_head(result.checkpoint.version)
-                return
+                return applied
 
-    async def _full_sync(self) -> None:
+    async def _full_sync(self) -> int:
         """Rebuild the replica from the hub's whole history, staged; swap only when clean.
 
         The pages come from IncrementalSync from version 0, not from FullSync:
@@ -428,6 +464,7 @@ class Session:
             self.replica.view.snapshot.count,
             checkpoint.version,
         )
+        return self.replica.view.snapshot.count
 
     async def _stage(self, sync: FullSync, batch: list[Entry]) -> None:
         good, rejected = sync.feed(batch)

@@ -239,6 +239,7 @@ def test_idl_parses_and_matches_the_implemented_methods() -> None:
         "InvalidArgument",
         "NotSupported",
         "SyncFailed",
+        "ConfigInvalid",
         "StoreUnavailable",
         "InternalError",
         "InvalidRequest",
@@ -493,10 +494,32 @@ async def test_client_closing_mid_message_or_silently(server: ControlServer) -> 
 async def test_socket_mode_and_directory(server: ControlServer) -> None:
     st = server.socket_path.stat()
     assert stat.S_ISSOCK(st.st_mode)
-    assert stat.S_IMODE(st.st_mode) == 0o660
+    assert stat.S_IMODE(st.st_mode) == 0o600  # the control socket: owner only
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(server.socket_path.parent.stat().st_mode) == 0o750 & ~umask
+
+
+async def test_the_status_socket_only_reads(
+    nursery: trio.Nursery, sock_dir: Path, backend: StoreBackend, store: SqliteRegisterStore
+) -> None:
+    from sorcha_peerd.control import STATUS_SOCKET_MODE
+
+    srv = ControlServer(sock_dir / "status.sock", backend, mode=STATUS_SOCKET_MODE, read_only=True)
+    await nursery.start(srv.serve)
+    assert stat.S_IMODE(srv.socket_path.stat().st_mode) == 0o660  # group: monitoring
+    raw = await Raw.open(srv.socket_path)
+    assert "status" in (await raw.call("io.sorcha.peerd.Status"))["parameters"]
+    assert "blueprints" in (await raw.call("io.sorcha.peerd.ListBlueprints"))["parameters"]
+    for method, params in (
+        ("io.sorcha.peerd.Publish", {"id": "x", "document": "{}"}),
+        ("io.sorcha.peerd.Deprecate", {"id": "x"}),
+        ("io.sorcha.peerd.Sync", {}),
+        ("io.sorcha.peerd.Reload", {}),
+    ):
+        reply = await raw.call(method, **params)
+        assert reply["error"] == "org.varlink.service.PermissionDenied", reply
+    assert await store.counts() == (0, 0)
 
 
 async def test_stale_socket_is_replaced(
