@@ -143,29 +143,11 @@ async def cmd_metrics(client: ControlClient, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps(metrics, indent=2, sort_keys=True))
         return 0
+    from sorcha_peerd.telemetry import format_metrics  # the SDK only for this command
+
     for line in format_metrics(metrics):
         print(line)
     return 0
-
-
-def format_metrics(metrics: Mapping[str, Any]) -> list[str]:
-    """One line per data point: ``name{attr=value} value`` (histograms: count and sum)."""
-    lines: list[str] = []
-    for name in sorted(metrics):
-        metric = metrics[name]
-        points = metric.get("points", []) if isinstance(metric, Mapping) else []
-        if not points:
-            lines.append(f"{name} (no data yet)")
-        for point in points:
-            attrs_text = ",".join(
-                f"{k}={v}" for k, v in sorted(point.get("attributes", {}).items())
-            )
-            label = f"{name}{{{attrs_text}}}" if attrs_text else name
-            if "value" in point:
-                lines.append(f"{label} {point['value']}")
-            else:
-                lines.append(f"{label} count={point.get('count')} sum={point.get('sum')}")
-    return lines
 
 
 async def cmd_version(client: ControlClient, *, as_json: bool) -> int:
