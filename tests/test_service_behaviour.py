@@ -215,3 +215,45 @@ def _peerctl(hub: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=30,
     )
+
+
+def test_systemctl_reload_of_a_broken_file_still_reaches_the_daemon(tmp_path: Path) -> None:
+    """ExecReload runs ``sorcha-peerctl reload`` with the unit's environment only."""
+    state = tmp_path / "hub"
+    config = FAST.format(hb=0.5)
+    hub = start_daemon(state, config=config)
+    try:
+        conf = state / "sorcha-peerd.toml"
+        conf.write_text(config + "\n[log]\nbogus = 1\n")
+        env = {**os.environ, "RUNTIME_DIRECTORY": str(hub.socket.parent)}
+        result = subprocess.run(
+            [sys.executable, "-m", "sorcha_peerd.cli.peerctl", "--config", str(conf), "reload"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+        )
+        assert result.returncode == 1, result.stderr
+        assert "keeps the running one" in result.stderr and "log.bogus" in result.stderr
+        assert hub.peerctl("status").returncode == 0
+    finally:
+        assert hub.stop() == 0
+
+
+def test_json_on_every_command(tmp_path: Path) -> None:
+    hub = start_daemon(tmp_path / "hub")
+    try:
+        doc = tmp_path / "j.json"
+        doc.write_text('{"id": "j1"}')
+        published = hub.peerctl("--json", "publish", str(doc))
+        assert json.loads(published.stdout)["id"] == "j1"
+        got = json.loads(hub.peerctl("get", "j1", "--json").stdout)
+        assert got["blueprint"]["version"] == 2 and json.loads(got["document"]) == {"id": "j1"}
+        gone = json.loads(hub.peerctl("--json", "deprecate", "j1").stdout)
+        assert gone["is_active"] is False
+        for command in ("status", "blueprints", "health", "peers", "metrics", "version"):
+            out = hub.peerctl("--json", command)
+            assert out.returncode == 0, (command, out.stderr)
+            json.loads(out.stdout)
+    finally:
+        hub.stop()

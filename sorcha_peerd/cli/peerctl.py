@@ -377,6 +377,9 @@ def _iso(ms: int) -> str:
 
 async def cmd_get(client: ControlClient, *, args: argparse.Namespace) -> int:
     reply = await client.call(f"{INTERFACE}.GetBlueprint", {"id": args.id})
+    if args.json:
+        print(json.dumps(reply, indent=2))
+        return EX_OK
     sys.stdout.buffer.write(reply["document"].encode("utf-8"))
     sys.stdout.buffer.flush()
     return EX_OK
@@ -388,6 +391,7 @@ async def cmd_publish(
     uploads: Sequence[Upload],
     publisher: str,
     metadata: Mapping[str, str],
+    as_json: bool = False,
 ) -> int:
     # The node may accept less than the protocol's 16 MiB: check every file
     # against its own limit first, so that a too-large file publishes nothing.
@@ -414,19 +418,28 @@ async def cmd_publish(
             blueprint = (await client.call(f"{INTERFACE}.Publish", params))["blueprint"]
         except ControlError as exc:
             raise Refused(f"{upload.path}: {describe(exc)}") from None
-        print(f"{upload.path}: {blueprint['id']} version {blueprint['version']}")
+        if as_json:
+            print(json.dumps({"file": str(upload.path), **blueprint}))
+        else:
+            print(f"{upload.path}: {blueprint['id']} version {blueprint['version']}")
     return EX_OK
 
 
 async def cmd_deprecate(client: ControlClient, *, args: argparse.Namespace, by: str) -> int:
     reply = await client.call(f"{INTERFACE}.Deprecate", {"id": args.id, "deprecated_by": by})
     blueprint = reply["blueprint"]
+    if args.json:
+        print(json.dumps(blueprint))
+        return EX_OK
     print(f"{blueprint['id']} deprecated at version {blueprint['version']}")
     return EX_OK
 
 
-async def cmd_sync(client: ControlClient, *, full: bool) -> int:
+async def cmd_sync(client: ControlClient, *, full: bool, as_json: bool = False) -> int:
     result = (await client.call(f"{INTERFACE}.Sync", {"full": full}))["result"]
+    if as_json:
+        print(json.dumps(result))
+        return EX_OK
     kind = "full" if full else "incremental"
     print(
         f"{kind} sync done: version {result.get('version')} (was {result.get('previous_version')})"
@@ -454,9 +467,10 @@ def prepare(args: argparse.Namespace, env: Mapping[str, str]) -> Command:
             uploads=check_uploads(args.files, args.id),
             metadata=parse_metadata(args.meta),
             publisher=_check_name("--publisher", args.publisher or _default_user(env)),
+            as_json=args.json,
         )
     if args.command == "sync":
-        return partial(cmd_sync, full=args.full)
+        return partial(cmd_sync, full=args.full, as_json=args.json)
     if args.command == "health":
         return partial(ops.cmd_health, as_json=args.json)
     if args.command == "peers":
@@ -486,9 +500,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         path = socket_path(args, env)
     except ConfigError as exc:
-        for line in exc.lines():
-            print(f"{PROG}: {line}", file=sys.stderr)
-        return EX_UNREACHABLE
+        runtime_dir = env.get("RUNTIME_DIRECTORY")
+        if args.command != "reload" or not runtime_dir:
+            for line in exc.lines():
+                print(f"{PROG}: {line}", file=sys.stderr)
+            return EX_UNREACHABLE
+        # The file being reloaded is what is broken (systemctl reload): still
+        # ask the daemon, at the unit's socket, so that it answers ConfigInvalid.
+        path = Path(runtime_dir.split(":")[0]) / "control.sock"
+    return _run(args, env, path)
+
+
+def _run(args: argparse.Namespace, env: Mapping[str, str], path: Path) -> int:
     try:
         command = prepare(args, env)
         return trio.run(session, path, args.timeout, command)

@@ -5,8 +5,8 @@ generic varlink clients (``varlinkctl``, python ``varlink``) parse it to learn
 the methods, so it must stay in step with :class:`ControlService` (a test
 checks every method of one is in the other).
 
-Adding a method later (``Reload()``, ``Metrics()`` are foreseen) means: its
-line in the IDL, one handler, one entry in the table.
+Adding a method means: its line in the IDL, one handler, one entry in the
+table (and in READ_ONLY_METHODS if the status socket may answer it).
 """
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ method Reload(check: ?bool) -> (applied: []string, needs_restart: []string)
 method Metrics() -> (metrics: object)
 
 # Synchronise with the hub now (peer only), incrementally or in full, and
-# return once done: at least the replica's version and how many entries
-# were applied.
+# return once done: the replica's version before and after, the hub, and
+# the number of active blueprints held.
 method Sync(full: ?bool) -> (result: object)
 
 # No blueprint has this id.
@@ -164,6 +164,9 @@ error MethodNotImplemented (method: string)
 
 # One of the passed parameters is invalid.
 error InvalidParameter (parameter: string)
+
+# Permission is denied.
+error PermissionDenied ()
 """
 
 DESCRIPTIONS: Final[Mapping[str, str]] = {SERVICE_INTERFACE: SERVICE_IDL, INTERFACE: IDL}
