@@ -35,6 +35,7 @@ from sorcha_peerd.peer.link import HubEndpoint
 from sorcha_peerd.peer.node import Peer, dialable_hubs
 from sorcha_peerd.peer.replica import Replica, ReplicaView
 from sorcha_peerd.peer.session import PeerTiming
+from sorcha_peerd.register import Limits
 from sorcha_peerd.runtime import DaemonContext, Runtime, StartError, open_signals
 from sorcha_peerd.store import StoreError, open_store
 from sorcha_peerd.store.base import RegisterStore
@@ -233,7 +234,9 @@ async def _serve_peer(
         replica,
         peer_timing(settings),
         t.connect_timeout,
-        settings.limits.register_limits(),
+        # what a replica accepts is the contract's limits, whatever this node
+        # would accept for publishing: a hub's valid entry must never stall it
+        Limits(),
         backoff_initial=t.backoff_initial,
         backoff_max=t.backoff_max,
         telemetry=runtime.telemetry,
@@ -242,14 +245,20 @@ async def _serve_peer(
     def apply(new: Settings, keys: Iterable[str]) -> None:
         nt = new.timing
         peer.reconfigure(
-            hubs=dialable_hubs(new) or peer.hubs,
+            hubs=dialable_hubs(new),
             timing=peer_timing(new),
             connect_timeout=nt.connect_timeout,
-            limits=new.limits.register_limits(),
+            limits=Limits(),
             backoff_initial=nt.backoff_initial,
             backoff_max=nt.backoff_max,
         )
 
+    def check(new: Settings) -> list[str]:
+        if not dialable_hubs(new):
+            return ["hubs: no hub left to dial (this node itself is never dialed)"]
+        return []
+
+    runtime.check_with(check)
     runtime.on_reload(apply)
     runtime.status_from(lambda: peer_status_line(peer))
     async with trio.open_nursery() as nursery:

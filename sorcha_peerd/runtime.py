@@ -22,7 +22,7 @@ import attrs
 import trio
 
 from sorcha_peerd import __version__
-from sorcha_peerd.config import ConfigError, Settings
+from sorcha_peerd.config import ConfigError, ConfigProblem, Settings
 from sorcha_peerd.control import (
     STATUS_SOCKET_MODE,
     ConfigInvalid,
@@ -31,7 +31,7 @@ from sorcha_peerd.control import (
     ControlSocketError,
     ServiceInfo,
 )
-from sorcha_peerd.reload import Reloader
+from sorcha_peerd.reload import Reloader, ReloadPlan
 from sorcha_peerd.systemd import Notifier, run_watchdog, watchdog_interval
 from sorcha_peerd.telemetry import Telemetry, TelemetryConfigError
 
@@ -81,6 +81,8 @@ class Runtime:
             raise StartError(f"telemetry: {exc}", 78) from None
         self.reloader = Reloader(settings, context.load_settings or (lambda: settings), self._apply)
         self._appliers: list[Callable[[Settings, Iterable[str]], None]] = []
+        self._checks: list[Callable[[Settings], list[str]]] = []
+        self._reload_lock = trio.Lock()  # SIGHUP and the control socket may ask at once
         self._status_line: Callable[[], str] = lambda: ""
         self._last_status = ""
         self.reload_failure = ""
@@ -90,6 +92,10 @@ class Runtime:
     def on_reload(self, apply: Callable[[Settings, Iterable[str]], None]) -> None:
         """Register how the role applies new live settings."""
         self._appliers.append(apply)
+
+    def check_with(self, check: Callable[[Settings], list[str]]) -> None:
+        """Register a role's own checks of new settings (problems make a reload refused)."""
+        self._checks.append(check)
 
     def status_from(self, line: Callable[[], str]) -> None:
         self._status_line = line
@@ -161,11 +167,25 @@ class Runtime:
 
     async def reload(self, *, check: bool) -> dict[str, Any]:
         """Re-read the configuration; apply it unless ``check``. Raises ConfigInvalid."""
+        async with self._reload_lock:
+            return await self._reload(check=check)
+
+    def _plan(self) -> ReloadPlan:
+        """Read and compare; the role's own checks make it a ConfigError too."""
+        plan = self.reloader.plan()
+        problems = [p for check in self._checks for p in check(plan.settings)]
+        if problems:
+            raise ConfigError(
+                (ConfigProblem(*p.split(": ", 1)) for p in problems), self.reloader.current.source
+            )
+        return plan
+
+    async def _reload(self, *, check: bool) -> dict[str, Any]:
         if not check:
             self.notifier.reloading()
         try:
             try:
-                plan = await trio.to_thread.run_sync(self.reloader.plan)
+                plan = await trio.to_thread.run_sync(self._plan)
             except ConfigError as exc:
                 problems = exc.lines()
                 log.error(  # noqa: TRY400 - a bad file is no bug: no traceback

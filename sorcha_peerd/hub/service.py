@@ -28,7 +28,7 @@ import trio
 from sorcha_peerd.hub.push import Filters, PushFanout
 from sorcha_peerd.hub.sessions import Action, PeerState, Session, SessionTable, TooManyPeers
 from sorcha_peerd.register import Entry, Limits, validate_peer_id
-from sorcha_peerd.store.base import RegisterStore
+from sorcha_peerd.store.base import RegisterStore, StoreError
 from sorcha_peerd.telemetry import Telemetry
 from sorcha_peerd.wire import messages as pb
 from sorcha_peerd.wire import services
@@ -124,6 +124,21 @@ class HubService:
             task_status.started()
 
     async def _feed(self) -> None:
+        """Follow the store's change feed; a store outage is waited out, not fatal.
+
+        The cursor only moves past what was handed to the fan-out, so after
+        an outage the feed resumes where it stopped and no change is skipped.
+        """
+        delay = 0.5
+        while True:
+            try:
+                await self._follow()
+            except StoreError as exc:
+                log.warning("change feed: store unavailable (%s); retrying in %.1f s", exc, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _follow(self) -> None:
         # A batch is offered to every queue at once: keep batches well below
         # the queue size, so that a burst alone never cuts off a subscriber
         # that is reading, and let subscribers run between batches.

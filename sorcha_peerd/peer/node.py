@@ -64,6 +64,22 @@ def dialable_hubs(settings: Settings) -> tuple[HubEndpoint, ...]:
     return tuple(hubs)
 
 
+def session_timing(local: PeerTiming, response: pb.ConnectionResponse) -> PeerTiming:
+    """The hub's advertised heartbeat timings, where they are stricter than ours.
+
+    A hub expires a session after its own timeout times misses; a peer beating
+    slower than the hub expects would be expired and told to reconnect over
+    and over. The wire counts whole seconds, so a sub-second local timing wins.
+    """
+    interval = response.heartbeat_interval_seconds or math.inf
+    timeout = response.config.heartbeat_timeout_seconds if response.config else 0
+    return attrs.evolve(
+        local,
+        heartbeat_interval=min(local.heartbeat_interval, interval),
+        heartbeat_timeout=min(local.heartbeat_timeout, timeout or math.inf),
+    )
+
+
 def _telemetry_or_default(value: Telemetry | None) -> Telemetry:
     return value if value is not None else Telemetry("sorcha-peerd", "peer", "peer")
 
@@ -231,13 +247,14 @@ class Peer:
     ) -> None:
         self.state.session_id = response.session_id
         self.state.hub_head = response.current_system_register_version
+        timing = session_timing(self.timing, response)
         session = Session(
             hub,
             channel,
             self.replica,
             self.state,
             self.requests,
-            self.timing,
+            timing,
             self.limits,
             self.clock_ms,
             self.telemetry,

@@ -39,6 +39,7 @@ from sorcha_peerd.peer.replication import (
     accept_page,
 )
 from sorcha_peerd.register import Entry, Limits
+from sorcha_peerd.store.base import StoreError
 from sorcha_peerd.telemetry import (
     ATTR_HUB,
     SPAN_HEARTBEAT,
@@ -313,9 +314,17 @@ class Session:
     # ------------------------------------------------------------------ sync
 
     async def _sync(self) -> None:
-        first = True
+        """Serve sync requests until the session ends.
+
+        The first sync of the session decides full or incremental, and is
+        decided again until one succeeds. A failure that is not the hub's
+        connection (a bad page, a hub error, a local store error) is reported
+        to whoever asked and retried on the next trigger; the session goes on,
+        since its heartbeats — not a sync — decide whether the hub is alive.
+        """
+        decided = False
         while True:
-            if not first:
+            if decided:
                 period = (
                     self.timing.sync_interval
                     if self.state.push_up
@@ -326,20 +335,35 @@ class Session:
             generation, full = self.requests.take()
             error: str | None = None
             try:
-                if first:
+                if not decided:
                     full = full or await self._needs_full_sync()
                 if full:
                     await self._timed("full", self._full_sync)
                 await self._timed("incremental", self._incremental_sync)
-            except SyncError as exc:
+                decided = True
+            except (SyncError, StoreError) as exc:
                 error = str(exc)
-                self.state.last_sync_error = error
-                log.warning("sync from %s failed: %s", self.hub.id, exc)
-            else:
+            except RpcError as exc:
+                if self.channel.closed:
+                    self._unserved(generation, full, "the connection to the hub was lost")
+                    raise
+                error = f"hub {self.hub.id}: {exc}"
+            except BaseException:  # cancelled (the session ends): whoever asked must hear
+                self._unserved(generation, full, "the session with the hub ended")
+                raise
+            if error is None:
                 self.state.last_sync_error = ""
-            finally:
-                self.requests.done(generation, error)
-            first = False
+                self.requests.done(generation, None)
+                continue
+            log.warning("sync from %s failed: %s", self.hub.id, error)
+            self.state.last_sync_error = error
+            self._unserved(generation, full, error)
+            await trio.sleep(min(self.timing.heartbeat_interval, 5.0))
+
+    def _unserved(self, generation: int, full: bool, error: str) -> None:
+        if full:
+            self.requests.full_wanted = True  # still wanted: it was not done
+        self.requests.done(generation, error)
 
     async def _timed(
         self, kind: Literal["full", "incremental"], sync: Callable[[], Awaitable[int]]
@@ -355,6 +379,15 @@ class Session:
     async def _needs_full_sync(self) -> bool:
         view = self.replica.view
         if view.checkpoint.version == 0 or view.snapshot.count == 0:
+            return True
+        if self.state.hub_head < view.checkpoint.version:
+            log.warning(
+                "hub %s is at version %d, behind this replica's %d (restored or wiped?): "
+                "full resync",
+                self.hub.id,
+                self.state.hub_head,
+                view.checkpoint.version,
+            )
             return True
         if view.checkpoint.hub_id == self.hub.id:
             return False

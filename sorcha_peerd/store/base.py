@@ -32,9 +32,14 @@ from sorcha_peerd.register import ChangeType, Entry
 class StoreError(Exception):
     """The store cannot do what was asked: backend unreachable, corrupt, closed..."""
 
+    #: a gRPC handler failing on the store answers UNAVAILABLE (it is passing)
+    grpc_status = 14
+
 
 class NotFound(StoreError):
     """The blueprint id is not in the register."""
+
+    grpc_status = 5  # NOT_FOUND
 
     def __init__(self, blueprint_id: str) -> None:
         super().__init__(f"blueprint {blueprint_id!r} is not in the register")

@@ -310,4 +310,7 @@ async def _run_connection(grpc_socket: _ClientSocket, started: trio.Event) -> No
         started.set()
         grpc_socket.end()
         with trio.CancelScope(shield=True):
-            await grpc_socket._socket._stream.aclose()
+            try:
+                await grpc_socket._socket._stream.aclose()
+            except (OSError, *_CONNECTION_GONE) as exc:  # closing a broken socket
+                log.debug("closing the connection: %r", exc)

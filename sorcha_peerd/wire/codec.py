@@ -222,7 +222,11 @@ def decode_entry_fields(data: bytes) -> tuple[Entry, str]:
 
 
 def decode_entry(data: bytes) -> Entry:
-    return decode_entry_fields(data)[0]
+    """An entry of the system register; one labelled with another register is refused."""
+    entry, register_id = decode_entry_fields(data)
+    if register_id not in ("", SYSTEM_REGISTER_ID):
+        raise DecodeError(f"register_id {register_id!r} is not the system register")
+    return entry
 
 
 def encode_notification_prefix(entry: Entry, summary: bytes) -> bytes:

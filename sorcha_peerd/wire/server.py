@@ -96,6 +96,11 @@ def _purerpc_status(code: StatusCode, message: str) -> Status:
     return Status(PurerpcStatusCode(int(code)), status_message=message)
 
 
+#: The largest message either way: an entry with a 16 MiB document and its fields.
+#: purerpc applies one limit to what it sends and receives (and sizes the
+#: HTTP/2 window from it); its default is 32 MiB.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024 + 64 * 1024
+
 #: What a connection may hold queued for the kernel before streams on it wait.
 SEND_AHEAD_BYTES = 1024 * 1024
 
@@ -207,7 +212,7 @@ class GrpcServer:
         self.host = host
         self.port = port
         self._routes = {(m.service, m.name): (m, h) for m, h in handlers.items()}
-        self._config = GRPCConfiguration(client_side=False)
+        self._config = GRPCConfiguration(client_side=False, max_message_length=MAX_MESSAGE_BYTES)
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind, report the bound port through ``task_status``, serve until cancelled."""
