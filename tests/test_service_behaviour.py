@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -155,12 +154,12 @@ def test_a_draining_hub_sends_its_peers_on_well_inside_a_heartbeat(
         net.hub("h2", p2, register, hb=10.0)
         peer = net.peer("p1", {"h1": p1, "h2": p2}, hb=10.0)
         wait_for("on h1", peer_is(peer, status="connected", hub="h1", in_sync=True))
-        started = time.monotonic()
         h1.proc.send_signal(signal.SIGTERM)
-        wait_for("on h2", peer_is(peer, status="connected", hub="h2"), timeout=10)
-        moved = time.monotonic() - started
-        # one heartbeat interval is 10 s; the drain tells the peer at once
-        assert moved < 2.5, f"the peer took {moved:.1f} s to leave a draining hub"
+        # one heartbeat interval is 10 s: the peer must be gone well before its
+        # next heartbeat could have told it, because the drain ended its push stream
+        wait_for("on h2", peer_is(peer, status="connected", hub="h2"), timeout=5)
+        assert "ends (failover): the hub is going away" in peer.log
+        assert "heartbeat" not in peer.log.split("connected to hub h1")[-1].split("ends (")[0]
         assert h1.stop() == 0
     finally:
         net.stop_all()

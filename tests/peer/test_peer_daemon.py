@@ -149,14 +149,11 @@ def test_a_publish_reaches_the_peer_by_push_well_inside_a_heartbeat(
     peer = net.peer("p1", {"h1": port}, hb=10.0)
     wait_for("subscribed", peer_is(peer, status="connected", push="subscribed", in_sync=True))
     _, before = status(peer)
-    started = time.monotonic()
     publish(hub, tmp_path, "pushed", name="pushed")
+    # within one heartbeat interval (10 s); the periodic sync is 300 s away
     wait_for("the publish on the peer", lambda: has(peer, "pushed"), timeout=10.0)
-    elapsed = time.monotonic() - started
     _, after = status(peer)
-    # the periodic sync is 300 s away and heartbeats come every 10 s: it was the push
-    assert after["notifications"] > before["notifications"]
-    assert elapsed < 10.0, f"took {elapsed:.1f} s"
+    assert after["notifications"] > before["notifications"]  # it was the push
 
 
 def test_failover_isolation_and_catching_up(net: Net, tmp_path: Path) -> None:
@@ -251,3 +248,42 @@ def test_a_peer_never_dials_itself(tmp_path: Path) -> None:
     lonely.proc.wait(timeout=20)
     assert lonely.stop() == 1
     assert "not dialing hub p1" in lonely.log and "at least one hub" in lonely.log
+
+
+def test_a_hub_that_lost_its_register_gets_a_full_resync(net: Net, tmp_path: Path) -> None:
+    """Same hub id and address, but its store was wiped: the peer must not trust its checkpoint."""
+    port = free_port()
+    hub = net.hub("h1", port, tmp_path / "old")
+    for name in ("a", "b", "c"):
+        publish(hub, tmp_path, name)
+    peer = net.peer("p1", {"h1": port})
+    wait_for("synced", lambda: has(peer, "c"))
+    assert hub.stop() == 0
+    fresh = tmp_path / "new"  # the same hub comes back with an empty register
+    net.hub("h1", port, fresh)
+    wait_for(
+        "resynced from the new register",
+        lambda: status(peer)[1].get("digest") == register_digest(fresh / "register.sqlite3"),
+    )
+    assert not has(peer, "a")
+    assert "behind this replica" in peer.log
+
+
+def test_a_peer_with_a_smaller_document_limit_still_replicates(net: Net, tmp_path: Path) -> None:
+    port = free_port()
+    hub = net.hub("h1", port, tmp_path / "reg")
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"id": "big", "pad": "x" * 2000}))
+    assert hub.peerctl("publish", str(big)).returncode == 0
+    state = tmp_path / "p1"
+    peer = start_daemon(
+        state,
+        role="peer",
+        node_id="p1",
+        config=FAST.format(hb=0.5)
+        + "[limits]\nmax_document_bytes = 500\n"
+        + hubs_toml({"h1": port}),
+    )
+    net.daemons.append(peer)
+    wait_for("in sync", peer_is(peer, status="connected", in_sync=True))
+    assert has(peer, "big") and status(peer)[1]["rejected_entries"] == 0

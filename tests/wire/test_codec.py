@@ -178,3 +178,12 @@ def test_strict_parse_accepts_valid_messages_maps_packed_and_unknown_fields() ->
     )
     msg = pb.SubscriptionRequest(peer_id="p", session_id="s", subscribe_time=5, filters=filters)
     assert strict.parse(pb.SubscriptionRequest, bytes(msg) + b"\xa8\x06\x01") == msg
+
+
+def test_an_entry_of_another_register_is_refused() -> None:
+    e = Entry("x", 1, b"{}", 1, "p").with_checksum()
+    data = codec.encode_entry(e).replace(
+        SYSTEM_REGISTER_ID.encode(), b"11111111-1111-1111-1111-111111111111"
+    )
+    with pytest.raises(codec.DecodeError, match="not the system register"):
+        codec.decode_entry(data)
