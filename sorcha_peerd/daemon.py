@@ -73,6 +73,7 @@ def make_store(settings: Settings) -> RegisterStore:
         mongodb_uri=s.mongodb_uri,
         mongodb_database=s.mongodb_database,
         poll_interval=s.poll_interval,
+        mongodb_timeout=s.mongodb_timeout,
     )
 
 

@@ -136,6 +136,8 @@ class PushFanout:
 
     def publish(self, entries: Iterable[Entry]) -> None:
         """Offer each change to every matching subscriber, without waiting."""
+        if not self._subscriptions:  # nobody listens: no summary, no encoding
+            return
         for entry in entries:
             prefix = codec.encode_notification_prefix(entry, summarise(entry))
             for subscription in list(self._subscriptions):

@@ -439,6 +439,11 @@ class HubService:
         validate_peer_id(request.peer_id, self.config.limits)
         if self.draining:
             raise RpcError(StatusCode.UNAVAILABLE, "hub is draining: subscribe to the next hub")
+        if len(self.fanout) >= 2 * self.config.max_peers:
+            raise RpcError(
+                StatusCode.RESOURCE_EXHAUSTED,
+                f"this hub already holds {len(self.fanout)} push subscriptions",
+            )
         subscription = self.fanout.subscribe(Filters.from_wire(request.filters))
         self._gauges()
 

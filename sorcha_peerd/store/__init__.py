@@ -18,6 +18,7 @@ def open_store(
     mongodb_uri: str | None = None,
     mongodb_database: str | None = None,
     poll_interval: float = 0.5,
+    mongodb_timeout: float = 10.0,
 ) -> RegisterStore:
     """Build (not yet open) the store a configuration names; ``async with`` it to open.
 
@@ -34,5 +35,10 @@ def open_store(
             raise ValueError("the mongodb store needs mongodb_uri and mongodb_database")
         from sorcha_peerd.store.mongodb import MongoRegisterStore
 
-        return MongoRegisterStore(mongodb_uri, mongodb_database, poll_interval=poll_interval)
+        return MongoRegisterStore(
+            mongodb_uri,
+            mongodb_database,
+            poll_interval=poll_interval,
+            server_selection_timeout=mongodb_timeout,
+        )
     raise ValueError(f"unknown store backend {backend!r}: expected one of {', '.join(BACKENDS)}")

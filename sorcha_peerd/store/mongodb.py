@@ -31,6 +31,7 @@ sub-documents; ``$set``/``$unset`` of one key is atomic on both servers.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -58,6 +59,8 @@ ENTRIES = "system_register"
 COUNTER = "system_register_counter"
 META = "node_meta"
 _COUNTER_ID = "register"
+#: compare-and-swap tries before a publish gives up (each loses only to a commit elsewhere)
+_CAS_ATTEMPTS = 1000
 
 
 def entry_to_doc(entry: Entry) -> Doc:
@@ -198,7 +201,7 @@ class MongoRegisterStore(RegisterStore):
     def _allocate_version(self) -> int:
         """Take ``next + 1`` and mark it pending, in one compare-and-swap."""
         counters = self._coll(COUNTER)
-        while True:
+        for attempt in range(_CAS_ATTEMPTS):
             n = int(self._read_counter()["next"])
             v = n + 1
             res = counters.update_one(
@@ -207,7 +210,10 @@ class MongoRegisterStore(RegisterStore):
             )
             if res.matched_count == 1:
                 return v
-            time.sleep(0)  # lost the CAS to another writer: read again
+            # lost the CAS to another writer: read again, backing off a little
+            # (with jitter) so that many contending hubs do not spin in step
+            time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** min(attempt, 6))))
+        raise StoreError(f"could not allocate a version after {_CAS_ATTEMPTS} contended tries")
 
     def _release_version(self, version: int) -> bool:
         """Remove ``version`` from pending; False when a reaper removed it first."""

@@ -101,6 +101,9 @@ def _purerpc_status(code: StatusCode, message: str) -> Status:
 #: HTTP/2 window from it); its default is 32 MiB.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024 + 64 * 1024
 
+#: Seconds a call's closing status may take to send before it is given up.
+FINISH_TIMEOUT = 5.0
+
 #: What a connection may hold queued for the kernel before streams on it wait.
 SEND_AHEAD_BYTES = 1024 * 1024
 
@@ -359,6 +362,8 @@ class GrpcServer:
     async def _finish(stream: GRPCProtoStream, code: StatusCode, message: str) -> None:
         """Send the trailers; a stream the caller already reset needs none."""
         try:
-            await stream.close(_purerpc_status(code, message))
+            # bounded: a caller that stopped reading must not hold this task forever
+            with trio.move_on_after(FINISH_TIMEOUT):
+                await stream.close(_purerpc_status(code, message))
         except Exception as exc:  # noqa: BLE001 - h2 and purerpc refuse to write to a reset or closed stream
             log.debug("could not send status %s: %r", code.name, exc)
