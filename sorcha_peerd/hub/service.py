@@ -417,11 +417,15 @@ class HubService:
         pages = self.store.iter_since(
             after, page_size=self.config.page_size, active_only=active_only, max_entries=limit
         )
-        async with aclosing(pages):
-            async for page in pages:
-                for entry in page:
-                    yield entry
-                last = page[-1].version
+        self.sessions.set_syncing(request.session_id, True)
+        try:
+            async with aclosing(pages):
+                async for page in pages:
+                    for entry in page:
+                        yield entry
+                    last = page[-1].version
+        finally:
+            self.sessions.set_syncing(request.session_id, False)
         if request.session_id:
             self.sessions.note_sync(request.session_id, last, self._clock_ms())
 

@@ -177,6 +177,19 @@ class SessionTable:
             )
         return HeartbeatAnswer(True, Action.NONE, "", session)
 
+    def set_syncing(self, session_id: str, syncing: bool) -> None:
+        """A sync stream for this session opened (or closed); unknown sessions are ignored."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            return
+        if syncing:
+            state = PeerState.SYNCING
+        elif session.state is PeerState.SYNCING:
+            state = PeerState.CONNECTED
+        else:
+            return
+        self._sessions[session_id] = attrs.evolve(session, state=state)
+
     def all_sent_away(self) -> bool:
         """Every remaining peer was told to fail over (or none is left): a drain is done."""
         return all(s.sent_away for s in self._sessions.values())

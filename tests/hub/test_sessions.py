@@ -110,3 +110,14 @@ def test_a_drain_is_done_when_every_peer_was_sent_away() -> None:
     t.disconnect(a)
     t.disconnect(b)
     assert t.all_sent_away()
+
+
+def test_syncing_state_comes_and_goes() -> None:
+    t = table()
+    sid = t.connect("p1", "a", 1, 0, 0.0, 0).session_id
+    t.set_syncing(sid, True)
+    assert t.get(sid).state is PeerState.SYNCING  # type: ignore[union-attr]
+    assert t.expire(31.0) == [] and t.get(sid).state is PeerState.SYNCING  # type: ignore[union-attr]
+    t.set_syncing(sid, False)
+    assert t.get(sid).state is PeerState.CONNECTED  # type: ignore[union-attr]
+    t.set_syncing("unknown", True)  # ignored
