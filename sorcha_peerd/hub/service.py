@@ -23,6 +23,7 @@ from contextlib import aclosing
 from typing import Any
 
 import attrs
+import stamina
 import trio
 
 from sorcha_peerd.hub.push import Filters, PushFanout
@@ -129,14 +130,14 @@ class HubService:
         The cursor only moves past what was handed to the fan-out, so after
         an outage the feed resumes where it stopped and no change is skipped.
         """
-        delay = 0.5
-        while True:
-            try:
+        retries = stamina.retry_context(
+            on=StoreError, attempts=None, timeout=None, wait_initial=0.5, wait_max=30.0
+        )
+        async for attempt in retries:
+            with attempt:
+                if attempt.num > 1:
+                    log.warning("change feed: the store failed; retry %d", attempt.num - 1)
                 await self._follow()
-            except StoreError as exc:
-                log.warning("change feed: store unavailable (%s); retrying in %.1f s", exc, delay)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 30.0)
 
     async def _follow(self) -> None:
         # A batch is offered to every queue at once: keep batches well below

@@ -363,3 +363,38 @@ async def test_seed_once_and_integrity(tmp_path: Path) -> None:
     async with SqliteRegisterStore(path) as s:
         with pytest.raises(IntegrityError, match=DEFAULT_BLUEPRINT_ID):
             await check_integrity(s)
+
+
+class FlakyStore(SqliteRegisterStore):
+    """Fails its next reads on demand, like a MongoDB in an election."""
+
+    failures = 0
+
+    async def read_since(
+        self, after_version: int, limit: int, *, active_only: bool = False
+    ) -> list[Any]:
+        if self.failures:
+            self.failures -= 1
+            from sorcha_peerd.store.base import StoreError
+
+            raise StoreError("store unavailable (test)")
+        return await super().read_since(after_version, limit, active_only=active_only)
+
+
+async def test_the_feed_waits_out_a_store_outage(tmp_path: Path) -> None:
+    async with (
+        FlakyStore(tmp_path / "r.sqlite3", poll_interval=0.05) as store,
+        running_hub(store) as hub,
+        open_channel("127.0.0.1", hub.port, connect_timeout=5) as ch,
+    ):
+        got: list[Any] = []
+        async with trio.open_nursery() as nursery:
+
+            async def listen() -> None:
+                got.extend(await subscribe(ch, 1))
+
+            nursery.start_soon(listen)
+            await wait_subscribers(hub, 1)
+            store.failures = 3  # the feed's next reads fail; the hub must not die
+            await store.publish("after-outage", doc(1), published_by="x")
+        assert [n.blueprint_id for n in got] == ["after-outage"]
