@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import TypeVar
 
 import trio
 
@@ -43,6 +44,7 @@ from sorcha_peerd.store.sqlite import SqliteRegisterStore
 from sorcha_peerd.wire.server import BindError, GrpcServer
 
 log = logging.getLogger(__name__)
+E = TypeVar("E", bound=BaseException)
 
 EX_OK = 0
 EX_START_FAILED = 1
@@ -303,15 +305,17 @@ def run_daemon(settings: Settings, context: DaemonContext | None = None) -> int:
         trio.run(role, settings, context)
     except* StartError as group:  # raised in the role's nursery, so it arrives grouped
         failure = _first(group)
+    except* StoreError as group:  # the store failed for good while serving
+        failure = StartError(f"store unavailable: {_first(group)}")
     if failure is not None:
         log.critical("cannot start: %s", failure)
         return failure.code
     return EX_OK
 
 
-def _first(group: BaseExceptionGroup[StartError]) -> StartError:
+def _first(group: BaseExceptionGroup[E]) -> E:
+    """The first leaf of a group that ``except*`` already filtered to one type."""
     leaf: BaseException = group
     while isinstance(leaf, BaseExceptionGroup):
         leaf = leaf.exceptions[0]
-    assert isinstance(leaf, StartError)
-    return leaf
+    return leaf  # type: ignore[return-value]

@@ -23,25 +23,11 @@ from sorcha_peerd.store.sqlite import SqliteRegisterStore
 from sorcha_peerd.telemetry import HUB_METRICS, PEER_METRICS, SPAN_NAMES, Telemetry
 from tests.hub.hub_harness import running_hub
 from tests.peer.test_peer_daemon import Net, free_port, peer_is, publish, wait_for
+from tests.test_telemetry import ISSUE_METRICS, ISSUE_SPANS
 from tests.waiting import wait_until
 
-SEED_METRICS = {
-    "peer.connection.status",
-    "peer.heartbeat.latency",
-    "peer.sync.duration",
-    "peer.sync.blueprints.count",
-    "peer.push.notifications.delivered",
-    "peer.push.notifications.failed",
-    "peer.failover.count",
-}
-SEED_SPANS = {
-    "peer.connection.connect",
-    "peer.connection.failover",
-    "peer.sync.full",
-    "peer.sync.incremental",
-    "peer.heartbeat.send",
-    "peer.notification.receive",
-}
+SEED_METRICS = set(ISSUE_METRICS)  # spelled out once, in tests/test_telemetry.py
+SEED_SPANS = ISSUE_SPANS
 
 
 def test_the_names_are_the_seeds() -> None:

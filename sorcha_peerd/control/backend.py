@@ -8,7 +8,7 @@ publish) raises :class:`NotSupported` rather than pretending.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from sorcha_peerd.register import Entry
@@ -83,3 +83,22 @@ class ControlBackend(Protocol):
     async def metrics(self) -> Mapping[str, Any]:
         """The current metric values, JSON-able."""
         ...
+
+
+class DaemonOperations:
+    """``reload`` and ``metrics`` for a role's backend: both belong to the daemon, not the role.
+
+    A backend that mixes this in has ``reload_hook`` (the daemon's reload,
+    shared with SIGHUP) and ``metrics_hook`` (the telemetry snapshot).
+    """
+
+    reload_hook: Callable[..., Awaitable[Mapping[str, Any]]] | None
+    metrics_hook: Callable[[], Mapping[str, Any]] | None
+
+    async def reload(self, *, check: bool) -> Mapping[str, Any]:
+        if self.reload_hook is None:
+            raise NotSupported("this daemon was started without a configuration to reload")
+        return await self.reload_hook(check=check)
+
+    async def metrics(self) -> Mapping[str, Any]:
+        return self.metrics_hook() if self.metrics_hook is not None else {}

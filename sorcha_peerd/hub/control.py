@@ -11,13 +11,13 @@ from typing import Any
 
 import attrs
 
-from sorcha_peerd.control.backend import NotSupported
+from sorcha_peerd.control.backend import DaemonOperations, NotSupported
 from sorcha_peerd.hub.service import HubService
 from sorcha_peerd.register import Entry, validate_document
 
 
 @attrs.frozen
-class HubControl:
+class HubControl(DaemonOperations):
     """A :class:`sorcha_peerd.control.ControlBackend` for a hub."""
 
     service: HubService
@@ -79,11 +79,3 @@ class HubControl:
 
     async def sync(self, *, full: bool) -> Mapping[str, Any]:
         raise NotSupported("this node is a hub: it is the source of the register, not a replica")
-
-    async def reload(self, *, check: bool) -> Mapping[str, Any]:
-        if self.reload_hook is None:
-            raise NotSupported("this daemon was started without a configuration to reload")
-        return await self.reload_hook(check=check)
-
-    async def metrics(self) -> Mapping[str, Any]:
-        return self.metrics_hook() if self.metrics_hook is not None else {}

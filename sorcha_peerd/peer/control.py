@@ -13,14 +13,14 @@ from typing import Any
 import attrs
 import trio
 
-from sorcha_peerd.control.backend import NotSupported, SyncFailed
+from sorcha_peerd.control.backend import DaemonOperations, NotSupported, SyncFailed
 from sorcha_peerd.peer.link import LinkState
 from sorcha_peerd.peer.node import Peer
 from sorcha_peerd.register import Entry
 
 
 @attrs.frozen
-class PeerControl:
+class PeerControl(DaemonOperations):
     """A :class:`sorcha_peerd.control.ControlBackend` for a peer."""
 
     peer: Peer
@@ -120,11 +120,3 @@ class PeerControl:
                 "blueprints": view.snapshot.active_count,
             }
         raise SyncFailed(f"no sync completed within {self.sync_timeout:.0f} s")
-
-    async def reload(self, *, check: bool) -> Mapping[str, Any]:
-        if self.reload_hook is None:
-            raise NotSupported("this daemon was started without a configuration to reload")
-        return await self.reload_hook(check=check)
-
-    async def metrics(self) -> Mapping[str, Any]:
-        return self.metrics_hook() if self.metrics_hook is not None else {}

@@ -18,6 +18,7 @@ another hub.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 
 import attrs
@@ -31,6 +32,7 @@ __all__ = [
     "META_SYNCED_AT",
     "META_VERSION",
     "Checkpoint",
+    "FirstSync",
     "FullSync",
     "FullSyncFailed",
     "HistoryCheck",
@@ -40,6 +42,9 @@ __all__ = [
     "Verdict",
     "accept_page",
     "check_entry",
+    "commit_needed",
+    "plan_first_sync",
+    "sync_period",
 ]
 
 #: Meta keys of the checkpoint in the store's ``meta`` table.
@@ -173,8 +178,8 @@ class RetryBudget:
     A bad entry makes the driver ask again at once (a corruption on the way is
     usually transient). If the answer keeps failing at the same checkpoint
     version ``max_attempts`` times in a row, the budget is ``exhausted``: the
-    driver ends this sync round, backs off (stamina, with jitter) and starts a
-    new round with a fresh budget later, perhaps on another hub. Progress (a
+    driver ends this sync round, reports it, pauses, and starts a new round
+    with a fresh budget on the next trigger, perhaps on another hub. Progress (a
     failure at a later version, or a clean page) resets the count. A failed
     full sync counts as a failure at version 0.
     """
@@ -199,6 +204,50 @@ class RetryBudget:
     @property
     def exhausted(self) -> bool:
         return self.failures >= self.max_attempts
+
+
+class FirstSync(enum.Enum):
+    """How a session's first sync starts (:func:`plan_first_sync`)."""
+
+    FULL = "full"
+    INCREMENTAL = "incremental"
+    CHECK_HISTORY = "check_history"  # probe the hub first (replication_history.HistoryCheck)
+
+
+def plan_first_sync(checkpoint: Checkpoint, held: int, hub_id: str, hub_head: int) -> FirstSync:
+    """Full, incremental, or "check the history first", for a new session with ``hub_id``.
+
+    * nothing held (or no checkpoint): a full sync;
+    * the hub's head is behind the checkpoint — even the same hub's, whose
+      register was restored or wiped: a full sync (never trust the checkpoint);
+    * the hub the checkpoint came from: incremental;
+    * another hub: it may serve another register, so probe its history first.
+    """
+    if checkpoint.version == 0 or held == 0:
+        return FirstSync.FULL
+    if hub_head < checkpoint.version:
+        return FirstSync.FULL
+    if checkpoint.hub_id == hub_id:
+        return FirstSync.INCREMENTAL
+    return FirstSync.CHECK_HISTORY
+
+
+def commit_needed(before: Checkpoint, result: PageResult) -> bool:
+    """Whether a page changes the replica: entries, or a checkpoint that moved.
+
+    A page with nothing new (only ``synced_at_ms`` would change) is not
+    written: no fsync and no new snapshot for an idle sync.
+    """
+    moved = (result.checkpoint.version, result.checkpoint.hub_id) != (
+        before.version,
+        before.hub_id,
+    )
+    return bool(result.accepted) or moved
+
+
+def sync_period(sync_interval: float, heartbeat_interval: float, push_up: bool) -> float:
+    """Seconds to the next periodic sync: ``sync_interval``, or a heartbeat while push is down."""
+    return sync_interval if push_up else min(sync_interval, heartbeat_interval)
 
 
 class FullSyncFailed(Exception):

@@ -33,10 +33,15 @@ from sorcha_peerd.peer.heartbeat import Advice, HeartbeatMonitor
 from sorcha_peerd.peer.link import HubEndpoint
 from sorcha_peerd.peer.replica import Replica
 from sorcha_peerd.peer.replication import (
+    FirstSync,
     FullSync,
     HistoryCheck,
+    RetryBudget,
     Verdict,
     accept_page,
+    commit_needed,
+    plan_first_sync,
+    sync_period,
 )
 from sorcha_peerd.register import Entry, Limits
 from sorcha_peerd.store.base import StoreError
@@ -325,10 +330,8 @@ class Session:
         decided = False
         while True:
             if decided:
-                period = (
-                    self.timing.sync_interval
-                    if self.state.push_up
-                    else min(self.timing.sync_interval, self.timing.heartbeat_interval)
+                period = sync_period(
+                    self.timing.sync_interval, self.timing.heartbeat_interval, self.state.push_up
                 )
                 if self.requests.served >= self.requests.requested:
                     await self.requests.wait_wanted(period)
@@ -378,18 +381,20 @@ class Session:
 
     async def _needs_full_sync(self) -> bool:
         view = self.replica.view
-        if view.checkpoint.version == 0 or view.snapshot.count == 0:
+        plan = plan_first_sync(
+            view.checkpoint, view.snapshot.count, self.hub.id, self.state.hub_head
+        )
+        if plan is FirstSync.FULL:
+            if view.checkpoint.version and self.state.hub_head < view.checkpoint.version:
+                log.warning(
+                    "hub %s is at version %d, behind this replica's %d (restored or wiped?): "
+                    "full resync",
+                    self.hub.id,
+                    self.state.hub_head,
+                    view.checkpoint.version,
+                )
             return True
-        if self.state.hub_head < view.checkpoint.version:
-            log.warning(
-                "hub %s is at version %d, behind this replica's %d (restored or wiped?): "
-                "full resync",
-                self.hub.id,
-                self.state.hub_head,
-                view.checkpoint.version,
-            )
-            return True
-        if view.checkpoint.hub_id == self.hub.id:
+        if plan is FirstSync.INCREMENTAL:
             return False
         check = HistoryCheck(
             view.checkpoint, list(view.snapshot.entries.values()), self.state.hub_head
@@ -422,7 +427,7 @@ class Session:
 
     async def _incremental_sync(self) -> int:
         """Page from the checkpoint until the hub has nothing newer; the entries applied."""
-        attempts = 0
+        budget = RetryBudget(max_attempts=self.timing.sync_attempts)
         applied = 0
         while True:
             checkpoint = self.replica.view.checkpoint
@@ -435,18 +440,14 @@ class Session:
                 now_ms=self.clock_ms(),
                 limits=self.limits,
             )
+            budget = budget.after(result)
             if result.rejected:
                 self._count_rejects(result.rejected)
-                attempts += 1
-                if attempts >= self.timing.sync_attempts:
+                if budget.exhausted:
                     raise SyncError(
                         f"hub {self.hub.id} keeps sending bad entries: {result.rejected[0][2]}"
                     )
-            moved = (result.checkpoint.version, result.checkpoint.hub_id) != (
-                checkpoint.version,
-                checkpoint.hub_id,
-            )
-            if result.accepted or moved:  # nothing new: no durable write, no new view
+            if commit_needed(checkpoint, result):
                 await self.replica.commit(result.accepted, result.checkpoint)
                 applied += len(result.accepted)
                 self.state.syncs += 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -18,21 +17,9 @@ from sorcha_peerd.peer.replication import META_KEYS, Checkpoint
 from sorcha_peerd.register import Entry
 from sorcha_peerd.store.base import StoreError
 from sorcha_peerd.store.sqlite import SqliteRegisterStore
+from tests.peer.entries import entry
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def entry(blueprint_id: str, version: int, *, active: bool = True) -> Entry:
-    document = json.dumps({"id": blueprint_id, "v": version}).encode()
-    return Entry(
-        blueprint_id=blueprint_id,
-        version=version,
-        document=document,
-        published_at=1_700_000_000_000 + version,
-        published_by="hub",
-        is_active=active,
-        publication_transaction_id=f"tx{version}",
-    ).with_checksum()
 
 
 async def contents(store: SqliteRegisterStore) -> dict[str, int]:

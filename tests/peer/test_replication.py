@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import attrs
 import pytest
 
@@ -17,19 +15,7 @@ from sorcha_peerd.peer.replication import (
     accept_page,
 )
 from sorcha_peerd.register import Entry, Limits
-
-
-def entry(blueprint_id: str, version: int, *, active: bool = True, tx: str = "") -> Entry:
-    document = json.dumps({"id": blueprint_id, "v": version}).encode()
-    return Entry(
-        blueprint_id=blueprint_id,
-        version=version,
-        document=document,
-        published_at=1_700_000_000_000 + version,
-        published_by="hub",
-        is_active=active,
-        publication_transaction_id=tx or f"tx{version}",
-    ).with_checksum()
+from tests.peer.entries import entry
 
 
 def corrupt(e: Entry) -> Entry:
@@ -280,3 +266,39 @@ def test_probes_take_the_newest_entries_whatever_the_order_given() -> None:
     assert check.next_probe() == 3
     assert check.answer([entry("d", 6)]) is None
     assert check.next_probe() == 2
+
+
+# --------------------------------------------------------------------------- session decisions
+
+
+def test_plan_first_sync() -> None:
+    from sorcha_peerd.peer.replication import FirstSync, plan_first_sync
+
+    synced = Checkpoint(10, "h1", 5)
+    assert plan_first_sync(Checkpoint(), 0, "h1", 10) is FirstSync.FULL  # empty replica
+    assert plan_first_sync(synced, 0, "h1", 10) is FirstSync.FULL  # nothing held
+    assert plan_first_sync(synced, 3, "h1", 10) is FirstSync.INCREMENTAL
+    assert plan_first_sync(synced, 3, "h1", 12) is FirstSync.INCREMENTAL
+    assert plan_first_sync(synced, 3, "h1", 9) is FirstSync.FULL  # same hub, wiped or restored
+    assert plan_first_sync(synced, 3, "h2", 10) is FirstSync.CHECK_HISTORY
+    assert plan_first_sync(synced, 3, "h2", 4) is FirstSync.FULL
+
+
+def test_commit_only_when_something_changed() -> None:
+    from sorcha_peerd.peer.replication import commit_needed
+
+    before = Checkpoint(2, "h1", 5)
+    idle = accept_page(before, [], asked=10, hub_id="h1", now_ms=99)
+    assert not commit_needed(before, idle)  # only the time would change
+    other_hub = accept_page(before, [], asked=10, hub_id="h2", now_ms=99)
+    assert commit_needed(before, other_hub)
+    new = accept_page(before, [entry("a", 3)], asked=10, hub_id="h1", now_ms=99)
+    assert commit_needed(before, new)
+
+
+def test_sync_period_falls_back_to_heartbeats_while_push_is_down() -> None:
+    from sorcha_peerd.peer.replication import sync_period
+
+    assert sync_period(300.0, 30.0, push_up=True) == 300.0
+    assert sync_period(300.0, 30.0, push_up=False) == 30.0
+    assert sync_period(10.0, 30.0, push_up=False) == 10.0
